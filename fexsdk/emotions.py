@@ -1,0 +1,112 @@
+"""The one list of emotions fexsdk knows, in FER2013's label order.
+
+Every other module (data loaders, models, exporters, the runtime) takes its
+names, indices and label vectors from here, so the order cannot drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Union
+
+import numpy as np
+
+#: Canonical names in FER2013 label order (0=angry ... 6=neutral).
+EMOTIONS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+
+#: Other spellings users type, mapped to the canonical name.
+ALIASES: dict[str, str] = {
+    "anger": "angry",
+    "mad": "angry",
+    "disgusted": "disgust",
+    "disgusting": "disgust",
+    "afraid": "fear",
+    "fearful": "fear",
+    "scared": "fear",
+    "joy": "happy",
+    "happiness": "happy",
+    "smile": "happy",
+    "smiling": "happy",
+    "sadness": "sad",
+    "unhappy": "sad",
+    "surprised": "surprise",
+    "shocked": "surprise",
+    "calm": "neutral",
+    "none": "neutral",
+}
+
+NUM_EMOTIONS = len(EMOTIONS)
+
+Target = Union[str, int, Mapping[str, float]]
+
+
+def _valid_names_message() -> str:
+    aliases = ", ".join(f"{a}->{c}" for a, c in sorted(ALIASES.items()))
+    return f"valid emotions: {', '.join(EMOTIONS)} (or their index 0-{NUM_EMOTIONS - 1}); aliases: {aliases}"
+
+
+def emotion_index(name: str | int) -> int:
+    """Index of an emotion given by canonical name, alias (any case) or index."""
+    if isinstance(name, (bool, np.bool_)):
+        raise ValueError(f"emotion must be a name or an index, got {name!r}; {_valid_names_message()}")
+    if isinstance(name, (int, np.integer)):
+        if 0 <= int(name) < NUM_EMOTIONS:
+            return int(name)
+        raise ValueError(f"emotion index {int(name)} is out of range; {_valid_names_message()}")
+    if not isinstance(name, str):
+        raise ValueError(f"emotion must be a name or an index, got {type(name).__name__}; {_valid_names_message()}")
+    key = name.strip().lower()
+    key = ALIASES.get(key, key)
+    if key in EMOTIONS:
+        return EMOTIONS.index(key)
+    raise ValueError(f"unknown emotion {name!r}; {_valid_names_message()}")
+
+
+def canonical_name(name: str | int) -> str:
+    """Canonical lower-case name for a name, alias or index."""
+    return EMOTIONS[emotion_index(name)]
+
+
+def one_hot(index: int | str, num: int = NUM_EMOTIONS) -> np.ndarray:
+    """A float32 one-hot vector for one emotion."""
+    vec = np.zeros(num, dtype=np.float32)
+    vec[emotion_index(index)] = 1.0
+    return vec
+
+
+def target_vector(target: Target) -> np.ndarray:
+    """Turn a target (name, alias, index or ``{name: intensity}``) into a label vector.
+
+    A dict gives a soft label: intensities must be >= 0 and not all zero; they are
+    used as given when they sum to at most 1 (so ``{"happy": 0.5}`` is half-way
+    between no emotion code and full happy) and scaled to sum 1 otherwise.
+    """
+    if isinstance(target, Mapping):
+        vec = np.zeros(NUM_EMOTIONS, dtype=np.float32)
+        for key, value in target.items():
+            try:
+                v = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"intensity for {key!r} must be a number, got {value!r}") from None
+            if not np.isfinite(v) or v < 0:
+                raise ValueError(f"intensity for {key!r} must be a finite number >= 0, got {value!r}")
+            vec[emotion_index(key)] += v
+        total = float(vec.sum())
+        if total <= 0:
+            raise ValueError(f"intensities must not all be zero, got {dict(target)!r}")
+        if total > 1.0:
+            vec /= total
+        return vec
+    return one_hot(emotion_index(target))
+
+
+def target_matrix(targets: Target | Iterable[Target], count: int) -> np.ndarray:
+    """Label vectors for ``count`` faces: one target for all, or one per face."""
+    if isinstance(targets, (str, int, np.integer, Mapping)):
+        return np.repeat(target_vector(targets)[None], count, axis=0)
+    items = list(targets)
+    if len(items) != count:
+        raise ValueError(f"got {len(items)} targets for {count} faces; give one target, or exactly one per face")
+    if not items:
+        return np.zeros((0, NUM_EMOTIONS), dtype=np.float32)
+    return np.stack([target_vector(t) for t in items])
