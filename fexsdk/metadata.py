@@ -44,9 +44,9 @@ class ModelMetadata:
 
     Inputs of the generator graph: ``image`` (B, channels, size, size) in
     [-1, 1] (pixel / 127.5 - 1), ``label`` (B, label_dim) and, when the model has
-    dropout, ``noise`` (B, noise_size): dropout keep-masks of 0/1 for every site
-    in ``noise_sites`` order, flattened and concatenated. All ones turns dropout
-    off (identical to PyTorch eval mode). Output ``output`` has the image's shape.
+    dropout, ``noise`` (B, noise_size): the dropout multipliers, 0 (dropped) or
+    1/(1-p) (kept), for every site in ``noise_sites`` order, flattened and
+    concatenated. All ones turns dropout off (identical to PyTorch eval mode). Output ``output`` has the image's shape.
     """
 
     emotions: list[str] = field(default_factory=lambda: list(EMOTIONS))

@@ -1,0 +1,1 @@
+"""Training code for fexsdk: data loading, StarGAN models and the trainer."""

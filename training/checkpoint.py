@@ -1,0 +1,61 @@
+"""Checkpoints: written atomically, read without unpickling code.
+
+A checkpoint is a ``torch.save`` of plain tensors, numbers, strings and dicts;
+it is loaded with ``weights_only=True`` so a file cannot run code on load.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.models import Generator
+
+#: Bumped when the layout of a checkpoint changes.
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
+    """Write to a temp file in the same folder, then rename: a kill never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save({"checkpoint_version": CHECKPOINT_VERSION, **payload}, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a fexsdk training checkpoint, with clear errors for missing, corrupt or foreign files."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged file
+        raise ValueError(f"{path} is not a readable fexsdk checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(ckpt, dict) or "checkpoint_version" not in ckpt or "generator_config" not in ckpt:
+        raise ValueError(f"{path} is not a fexsdk training checkpoint (no generator_config); was it written by `fex train`?")
+    if ckpt["checkpoint_version"] > CHECKPOINT_VERSION:
+        raise ValueError(f"{path} was written by a newer fexsdk (checkpoint version {ckpt['checkpoint_version']})")
+    return ckpt
+
+
+def generator_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike) -> Generator:
+    """Rebuild the generator a checkpoint describes and load its weights."""
+    if not isinstance(ckpt, dict):
+        ckpt = load_checkpoint(ckpt)
+    G = Generator(**ckpt["generator_config"])
+    try:
+        G.load_state_dict(ckpt["G"])
+    except RuntimeError as exc:
+        raise ValueError(f"checkpoint weights do not fit its generator config: {exc}") from None
+    return G

@@ -1,0 +1,222 @@
+"""StarGAN generator and discriminator with the report's switches.
+
+Constructor arguments are the saved config: ``Generator(**cfg)`` rebuilds the
+model a checkpoint describes (see :func:`GeneratorConfig`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: Dropout positions the generator understands.
+#: "first"/"last": after the first and the last activation (the report's dropout preset);
+#: "residual": after the activation inside every residual block (skip+dropout preset).
+DROPOUT_POSITIONS = ("first", "last", "residual")
+
+
+@dataclass
+class GeneratorConfig:
+    """Everything that defines a generator's architecture."""
+
+    in_channels: int = 1
+    image_size: int = 48
+    label_dim: int = 7
+    conv_dim: int = 64
+    n_res: int = 6
+    #: U-Net style additive skips between mirrored down/up layers.
+    unet_skips: bool = False
+    #: output = input + learned residual (clamped to [-1, 1]).
+    input_skip: bool = False
+    leaky_relu: bool = False
+    dropout_p: float = 0.5
+    dropout_at: list[str] = field(default_factory=list)
+
+    def validate(self) -> None:
+        bad = [p for p in self.dropout_at if p not in DROPOUT_POSITIONS]
+        if bad:
+            raise ValueError(f"unknown dropout position(s) {bad}; allowed: {DROPOUT_POSITIONS}")
+        if self.dropout_at and not 0.0 < self.dropout_p < 1.0:
+            raise ValueError(f"dropout_p must be in (0, 1), got {self.dropout_p}")
+        if self.in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}")
+        if self.image_size % 4:
+            raise ValueError(f"image_size must be a multiple of 4 (two stride-2 layers), got {self.image_size}")
+
+
+def _norm(channels: int) -> nn.InstanceNorm2d:
+    # Affine, and no running stats: test-time behaviour equals train-time (a StarGAN trap).
+    return nn.InstanceNorm2d(channels, affine=True, track_running_stats=False)
+
+
+class MaskDropout(nn.Module):
+    """Dropout that stays on at test time, or applies a keep-mask given from outside.
+
+    Eval mode does not switch it off: the report keeps the noise at test time.
+    Exported graphs take the mask as an input so the runtime can seed it.
+    """
+
+    def __init__(self, p: float, shape: tuple[int, int, int], name: str) -> None:
+        super().__init__()
+        self.p = p
+        self.shape = shape
+        self.name = name
+
+    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        """``mask`` holds the multipliers themselves: 0 or 1/(1-p) for dropout, all 1 for none (eval-mode dropout)."""
+        if mask is None:
+            mask = (torch.rand_like(x) >= self.p).to(x.dtype) * (1.0 / (1.0 - self.p))
+        return x * mask
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, dim: int, act: nn.Module, dropout: Optional[MaskDropout]) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(dim, dim, 3, 1, 1, bias=False)
+        self.norm1 = _norm(dim)
+        self.act = act
+        self.dropout = dropout
+        self.conv2 = nn.Conv2d(dim, dim, 3, 1, 1, bias=False)
+        self.norm2 = _norm(dim)
+
+    def forward(self, x: torch.Tensor, masks: dict[str, torch.Tensor]) -> torch.Tensor:
+        h = self.act(self.norm1(self.conv1(x)))
+        if self.dropout is not None:
+            h = self.dropout(h, masks.get(self.dropout.name))
+        return x + self.norm2(self.conv2(h))
+
+
+class Generator(nn.Module):
+    """StarGAN generator: label tiled as channels, 7x7 conv, 2 down, N residual, 2 up, 7x7 conv, tanh."""
+
+    def __init__(self, **config) -> None:
+        super().__init__()
+        cfg = GeneratorConfig(**config)
+        cfg.validate()
+        self.config = cfg
+        d, s = cfg.conv_dim, cfg.image_size
+        act = lambda: nn.LeakyReLU(0.2) if cfg.leaky_relu else nn.ReLU()  # noqa: E731
+        drop = lambda name, shape: MaskDropout(cfg.dropout_p, shape, name)  # noqa: E731
+
+        self.stem = nn.Sequential(nn.Conv2d(cfg.in_channels + cfg.label_dim, d, 7, 1, 3, bias=False), _norm(d), act())
+        self.drop_first = drop("first", (d, s, s)) if "first" in cfg.dropout_at else None
+        self.down1 = nn.Sequential(nn.Conv2d(d, 2 * d, 4, 2, 1, bias=False), _norm(2 * d), act())
+        self.down2 = nn.Sequential(nn.Conv2d(2 * d, 4 * d, 4, 2, 1, bias=False), _norm(4 * d), act())
+        q = s // 4
+        self.blocks = nn.ModuleList(
+            ResidualBlock(4 * d, act(), drop(f"res{i}", (4 * d, q, q)) if "residual" in cfg.dropout_at else None)
+            for i in range(cfg.n_res)
+        )
+        self.up1 = nn.Sequential(nn.ConvTranspose2d(4 * d, 2 * d, 4, 2, 1, bias=False), _norm(2 * d), act())
+        self.up2 = nn.Sequential(nn.ConvTranspose2d(2 * d, d, 4, 2, 1, bias=False), _norm(d), act())
+        self.drop_last = drop("last", (d, s, s)) if "last" in cfg.dropout_at else None
+        self.head = nn.Conv2d(d, cfg.in_channels, 7, 1, 3, bias=False)
+
+    # -- noise layout, shared with the exporter and the runtime ------------
+    def dropout_sites(self) -> list[MaskDropout]:
+        """Dropout modules in the order their masks are packed into the ``noise`` input."""
+        sites = [self.drop_first] + [b.dropout for b in self.blocks] + [self.drop_last]
+        return [m for m in sites if m is not None]
+
+    def noise_size(self) -> int:
+        return sum(m.shape[0] * m.shape[1] * m.shape[2] for m in self.dropout_sites())
+
+    def unpack_noise(self, noise: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Split packed (B, noise_size) dropout multipliers into one (B, C, H, W) mask per site."""
+        if noise is None:
+            return {}
+        masks, offset = {}, 0
+        for m in self.dropout_sites():
+            c, h, w = m.shape
+            n = c * h * w
+            masks[m.name] = noise[:, offset : offset + n].reshape(-1, c, h, w)
+            offset += n
+        return masks
+
+    def forward(self, x: torch.Tensor, label: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """x: (B, C, S, S) in [-1, 1]; label: (B, label_dim); noise: optional packed dropout keep-masks."""
+        masks = self.unpack_noise(noise)
+        c = label.view(label.size(0), label.size(1), 1, 1).expand(-1, -1, x.size(2), x.size(3))
+        h0 = self.stem(torch.cat([x, c.to(x.dtype)], dim=1))
+        if self.drop_first is not None:
+            h0 = self.drop_first(h0, masks.get("first"))
+        h1 = self.down1(h0)
+        h = self.down2(h1)
+        for block in self.blocks:
+            h = block(h, masks)
+        h = self.up1(h)
+        if self.config.unet_skips:
+            h = h + h1
+        h = self.up2(h)
+        if self.config.unet_skips:
+            h = h + h0
+        if self.drop_last is not None:
+            h = self.drop_last(h, masks.get("last"))
+        out = torch.tanh(self.head(h))
+        if self.config.input_skip:
+            out = (x + out).clamp(-1.0, 1.0)
+        return out
+
+
+@dataclass
+class DiscriminatorConfig:
+    in_channels: int = 1
+    image_size: int = 48
+    #: Number of classification logits (7 per domain).
+    num_classes: int = 7
+    conv_dim: int = 64
+    max_dim: int = 2048
+
+    def depth(self) -> int:
+        """Number of stride-2 layers: halve while the size stays even and >= 2 (48 -> 4, 128 -> 6)."""
+        size, n = self.image_size, 0
+        while size % 2 == 0 and size // 2 >= 2 and n < 6:
+            size //= 2
+            n += 1
+        if n < 1:
+            raise ValueError(f"image_size {self.image_size} is too small or odd for the discriminator")
+        return n
+
+
+class Discriminator(nn.Module):
+    """StarGAN's PatchGAN with a real/fake head and an emotion-classification head.
+
+    ``forward(x, return_features=True)`` also returns the activations of the first
+    4 layers, used by the perceptual (feature) reconstruction loss.
+    """
+
+    def __init__(self, **config) -> None:
+        super().__init__()
+        cfg = DiscriminatorConfig(**config)
+        self.config = cfg
+        n = cfg.depth()
+        layers, dim_in = [], cfg.in_channels
+        for i in range(n):
+            dim_out = min(cfg.conv_dim * 2**i, cfg.max_dim)
+            layers.append(nn.Sequential(nn.Conv2d(dim_in, dim_out, 4, 2, 1), nn.LeakyReLU(0.01)))
+            dim_in = dim_out
+        self.layers = nn.ModuleList(layers)
+        final = cfg.image_size // 2**n
+        self.src = nn.Conv2d(dim_in, 1, 3, 1, 1, bias=False)
+        self.cls = nn.Conv2d(dim_in, cfg.num_classes, final, 1, 0, bias=False)
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        feats = []
+        h = x
+        for layer in self.layers:
+            h = layer(h)
+            feats.append(h)
+        src = self.src(h)
+        cls = self.cls(h).flatten(1)
+        if return_features:
+            return src, cls, feats[:4]
+        return src, cls
+
+
+def config_dict(model: nn.Module) -> dict:
+    """The constructor arguments of a Generator or Discriminator, as saved in checkpoints."""
+    return asdict(model.config)

@@ -1,0 +1,434 @@
+"""The StarGAN training loop: WGAN-GP, domain classification, cycle and perceptual losses.
+
+Resumable exactly: the data order is a pure function of (seed, domain, epoch),
+and the checkpoint holds the step, the optimizers and the torch RNG state.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from fexsdk.emotions import EMOTIONS, NUM_EMOTIONS
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.data import FaceDataset, load_dataset, load_image_folder
+from training.logs import ScalarLog, plot_losses, save_grid
+from training.models import Discriminator, Generator, config_dict
+from training.presets import LossConfig, get_preset
+
+
+@dataclass
+class TrainConfig:
+    """Options of one training run (``fex train`` flags map one to one)."""
+
+    preset: str = "skip-dropout-small"
+    #: FER2013 as CSV, Kaggle folder or .npz; ignored when ``synthetic`` > 0.
+    data: Optional[str] = None
+    #: Train on this many synthetic images instead of ``data`` (smoke runs, tests).
+    synthetic: int = 0
+    #: Optional second domain: an image folder <root>/<emotion>/*, trained jointly via the mask vector.
+    second_domain: Optional[str] = None
+    out: str = "runs/default"
+    epochs: float = 1.0
+    #: Stop after this many iterations (one D step each) instead of ``epochs``.
+    max_steps: Optional[int] = None
+    batch_size: int = 16
+    lr_g: float = 1e-4
+    lr_d: float = 1e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    #: D steps per G step.
+    n_critic: int = 5
+    #: Fraction of the run after which the learning rates decay linearly to zero.
+    decay_start: float = 0.5
+    seed: int = 0
+    precision: str = "fp32"
+    device: str = "auto"
+    threads: Optional[int] = None
+    log_every: int = 50
+    sample_every: int = 500
+    ckpt_every: int = 500
+    #: Overrides of the preset's loss settings (None keeps the preset's).
+    perceptual: Optional[bool] = None
+    perceptual_start_epoch: Optional[float] = None
+    perceptual_mode: Optional[str] = None
+    image_size: int = 48
+    channels: int = 1
+    resume: bool = False
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2, got {self.batch_size}")
+        if self.n_critic < 1:
+            raise ValueError(f"n_critic must be >= 1, got {self.n_critic}")
+        if not 0.0 <= self.decay_start <= 1.0:
+            raise ValueError(f"decay_start must be in [0, 1], got {self.decay_start}")
+        if self.data is None and self.synthetic <= 0:
+            raise ValueError("give --data PATH (FER2013 csv, folder or npz) or --synthetic N")
+
+
+def lr_factor(step: int, total: int, decay_start: float) -> float:
+    """Constant, then linear decay to 0 at the last step (StarGAN's own decay barely decays)."""
+    start = int(total * decay_start)
+    if step < start or total <= start:
+        return 1.0
+    return max(0.0, (total - step) / (total - start))
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip()
+    except Exception:
+        return ""
+
+
+#: Columns of scalars.csv (G columns are NaN for an interval without a G step).
+LOG_KEYS = ("lr", "D/loss_real", "D/loss_fake", "D/loss_cls", "D/loss_gp",
+            "G/loss_fake", "G/loss_cls", "G/loss_rec", "G/loss_rec_feat")
+
+
+class DomainStream:
+    """Batches of one data set in an order fixed by (seed, domain, epoch): resuming needs only the step."""
+
+    def __init__(self, data: FaceDataset, batch: int, seed: int, domain: int, rank: int, world: int) -> None:
+        if len(data) < batch * world:
+            raise ValueError(f"data set {data.name!r} has {len(data)} images, fewer than one batch ({batch * world})")
+        self.images = torch.from_numpy(np.ascontiguousarray(data.images))
+        self.labels = torch.from_numpy(np.asarray(data.labels, dtype=np.int64))
+        self.batch, self.seed, self.domain, self.rank, self.world = batch, seed, domain, rank, world
+        self.per_epoch = len(data) // (batch * world)
+        self._perm_epoch, self._perm = -1, None
+
+    def get(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The k-th batch of this rank: images in [-1, 1] (flipped at random) and labels."""
+        epoch, pos = divmod(k, self.per_epoch)
+        if epoch != self._perm_epoch:
+            self._perm = np.random.default_rng([self.seed, self.domain, epoch]).permutation(len(self.labels))
+            self._perm_epoch = epoch
+        start = (pos * self.world + self.rank) * self.batch
+        idx = torch.from_numpy(self._perm[start : start + self.batch])
+        x = self.images[idx].float() / 127.5 - 1.0
+        flip = torch.rand(x.size(0)) < 0.5  # StarGAN's horizontal-flip augmentation
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+        return x, self.labels[idx]
+
+
+def domain_label(emotions: torch.Tensor, domain: int, n_domains: int) -> torch.Tensor:
+    """Generator label: one-hot emotions, or StarGAN's [emotions per domain..., domain mask] for several domains."""
+    onehot = F.one_hot(emotions, NUM_EMOTIONS).float()
+    if n_domains == 1:
+        return onehot
+    out = torch.zeros(emotions.size(0), NUM_EMOTIONS * n_domains + n_domains)
+    out[:, domain * NUM_EMOTIONS : (domain + 1) * NUM_EMOTIONS] = onehot
+    out[:, NUM_EMOTIONS * n_domains + domain] = 1.0
+    return out
+
+
+def gradient_penalty(D: Discriminator, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    alpha = torch.rand(real.size(0), 1, 1, 1, device=real.device)
+    x_hat = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    src, _ = D(x_hat)
+    (grad,) = torch.autograd.grad(src.sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+class Trainer:
+    """Builds models, data and optimizers from a :class:`TrainConfig` and runs the loop."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        if cfg.device == "auto":
+            self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        else:
+            self.device = torch.device(cfg.device)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.out = Path(cfg.out)
+        self.is_main = self.rank == 0
+
+        preset = get_preset(cfg.preset)
+        self.preset = preset
+        self.loss_cfg = LossConfig(**asdict(preset.loss))
+        if cfg.perceptual is not None:
+            self.loss_cfg.perceptual = cfg.perceptual
+        if cfg.perceptual_start_epoch is not None:
+            self.loss_cfg.perceptual_start_epoch = cfg.perceptual_start_epoch
+        if cfg.perceptual_mode is not None:
+            self.loss_cfg.perceptual_mode = cfg.perceptual_mode
+        self.loss_cfg.validate()
+
+        self.domains, self.val = self._load_data()
+        self.n_domains = len(self.domains)
+        label_dim = NUM_EMOTIONS * self.n_domains + (self.n_domains if self.n_domains > 1 else 0)
+
+        torch.manual_seed(cfg.seed)
+        gcfg = asdict(preset.generator)
+        gcfg.update(in_channels=cfg.channels, image_size=cfg.image_size, label_dim=label_dim)
+        self.G = Generator(**gcfg).to(self.device)
+        self.D = Discriminator(in_channels=cfg.channels, image_size=cfg.image_size,
+                               num_classes=NUM_EMOTIONS * self.n_domains, conv_dim=preset.d_conv_dim).to(self.device)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
+        self.opt_d = torch.optim.Adam(self.D.parameters(), cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
+        if self.world > 1:  # start every rank from rank 0's weights
+            for p in list(self.G.parameters()) + list(self.D.parameters()):
+                dist.broadcast(p.data, 0)
+
+        self.streams = [DomainStream(d, cfg.batch_size, cfg.seed, i, self.rank, self.world) for i, d in enumerate(self.domains)]
+        self.steps_per_epoch = self.streams[0].per_epoch * self.n_domains
+        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
+        self.step = 0
+        self.best = math.inf
+        self.commit = git_commit()
+        if cfg.resume:
+            self._resume()
+
+    # -- data ------------------------------------------------------------
+    def _load_data(self) -> tuple[list[FaceDataset], FaceDataset]:
+        cfg = self.cfg
+        if cfg.synthetic > 0:
+            from training.synthetic import make_synthetic
+
+            train = make_synthetic(cfg.synthetic, cfg.image_size, cfg.channels, seed=cfg.seed, name="synthetic")
+            val = make_synthetic(64, cfg.image_size, cfg.channels, seed=cfg.seed + 1, name="synthetic")
+        else:
+            train = load_dataset(cfg.data, "train", cfg.image_size, cfg.channels)
+            val = None
+            for split in ("public", "test"):
+                try:
+                    val = load_dataset(cfg.data, split, cfg.image_size, cfg.channels)
+                    break
+                except ValueError:
+                    continue
+            if val is None:  # no held-out split in this file: watch the first training images instead
+                val = FaceDataset(train.images[:64], train.labels[:64], train.name)
+        domains = [train]
+        if cfg.second_domain:
+            domains.append(load_image_folder(cfg.second_domain, cfg.image_size, cfg.channels))
+        n_val = min(64, len(val))
+        val = FaceDataset(val.images[:n_val], val.labels[:n_val], val.name)
+        return domains, val
+
+    # -- checkpoints -------------------------------------------------------
+    def _payload(self) -> dict[str, Any]:
+        return {
+            "generator_config": config_dict(self.G),
+            "discriminator_config": config_dict(self.D),
+            "train_config": asdict(self.cfg),
+            "loss_config": asdict(self.loss_cfg),
+            "preset": self.preset.name,
+            "domains": [d.name for d in self.domains],
+            "emotions": list(EMOTIONS),
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "best": self.best,
+            "torch_rng": torch.get_rng_state(),
+            "commit": self.commit,
+        }
+
+    def _resume(self) -> None:
+        path = self.out / "last.pt"
+        if not path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {path}")
+        ckpt = load_checkpoint(path)
+        if ckpt["generator_config"] != config_dict(self.G):
+            raise ValueError(f"--resume: {path} holds a different generator ({ckpt['preset']}) than preset {self.preset.name}")
+        self.G.load_state_dict(ckpt["G"])
+        self.D.load_state_dict(ckpt["D"])
+        self.opt_g.load_state_dict(ckpt["opt_g"])
+        self.opt_d.load_state_dict(ckpt["opt_d"])
+        self.step = int(ckpt["step"])
+        self.best = float(ckpt["best"])
+        torch.set_rng_state(ckpt["torch_rng"])
+
+    def save(self, name: str = "last.pt") -> None:
+        if self.is_main:
+            save_checkpoint(self.out / name, self._payload())
+
+    # -- the loop ----------------------------------------------------------
+    @property
+    def epoch(self) -> float:
+        return self.step / self.steps_per_epoch
+
+    def perceptual_active(self) -> bool:
+        return self.loss_cfg.perceptual and self.epoch >= self.loss_cfg.perceptual_start_epoch
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+
+    def _allreduce(self, model: torch.nn.Module) -> None:
+        if self.world == 1:
+            return
+        for p in model.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+
+    def train_step(self) -> dict[str, float]:
+        """One D update, and a G update every ``n_critic`` steps."""
+        cfg, lc, dev = self.cfg, self.loss_cfg, self.device
+        d = self.step % self.n_domains
+        x_real, lab_org = self.streams[d].get(self.step // self.n_domains)
+        lab_trg = torch.randint(0, NUM_EMOTIONS, lab_org.shape)
+        c_org = domain_label(lab_org, d, self.n_domains).to(dev)
+        c_trg = domain_label(lab_trg, d, self.n_domains).to(dev)
+        x_real, lab_org, lab_trg = x_real.to(dev), lab_org.to(dev), lab_trg.to(dev)
+        cls_slice = slice(d * NUM_EMOTIONS, (d + 1) * NUM_EMOTIONS)
+        factor = lr_factor(self.step, self.total_steps, cfg.decay_start)
+        for group in self.opt_g.param_groups:
+            group["lr"] = cfg.lr_g * factor
+        for group in self.opt_d.param_groups:
+            group["lr"] = cfg.lr_d * factor
+        logs: dict[str, float] = {"lr": cfg.lr_d * factor}
+
+        # Discriminator.
+        with self._autocast():
+            src, cls = self.D(x_real)
+            d_real = -src.float().mean()
+            d_cls = F.cross_entropy(cls.float()[:, cls_slice], lab_org)
+            with torch.no_grad():
+                x_fake = self.G(x_real, c_trg)
+            src_f, _ = self.D(x_fake.detach())
+            d_fake = src_f.float().mean()
+            d_gp = gradient_penalty(self.D, x_real, x_fake.detach().to(x_real.dtype)).float()
+        d_loss = d_real + d_fake + lc.lambda_cls * d_cls + lc.lambda_gp * d_gp
+        self.opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self._allreduce(self.D)
+        self.opt_d.step()
+        logs.update({"D/loss_real": d_real.item(), "D/loss_fake": d_fake.item(), "D/loss_cls": d_cls.item(), "D/loss_gp": d_gp.item()})
+
+        # Generator.
+        if (self.step + 1) % cfg.n_critic == 0:
+            with self._autocast():
+                x_fake = self.G(x_real, c_trg)
+                src, cls = self.D(x_fake)
+                g_fake = -src.float().mean()
+                g_cls = F.cross_entropy(cls.float()[:, cls_slice], lab_trg)
+                x_rec = self.G(x_fake, c_org)
+                g_rec = (x_real - x_rec.float()).abs().mean()
+                g_feat = torch.zeros((), device=dev)
+                if self.perceptual_active():
+                    with torch.no_grad():
+                        _, _, f_real = self.D(x_real, return_features=True)
+                    _, _, f_rec = self.D(x_rec, return_features=True)
+                    g_feat = sum((a.float() - b.float()).abs().mean() for a, b in zip(f_real, f_rec))
+                    rec = g_feat if lc.perceptual_mode == "replace" else g_rec + g_feat
+                else:
+                    rec = g_rec
+            g_loss = g_fake + lc.lambda_cls * g_cls + lc.lambda_rec * rec
+            self.opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            self._allreduce(self.G)
+            self.opt_g.step()
+            logs.update({"G/loss_fake": g_fake.item(), "G/loss_cls": g_cls.item(), "G/loss_rec": g_rec.item(),
+                         "G/loss_rec_feat": float(g_feat.detach())})
+        self.step += 1
+        return logs
+
+    @torch.no_grad()
+    def validate(self) -> float:
+        """A fixed-batch, fixed-noise score for picking best.pt: λ_cls·CE(D_cls(G(x,c)), c) + λ_rec·L1 cycle.
+
+        A heuristic (it leans on the current D); the classifier-based evaluation is ``fex eval``.
+        """
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1234)
+            x = torch.from_numpy(self.val.images).float().to(self.device) / 127.5 - 1
+            lab = torch.from_numpy(self.val.labels).to(self.device)
+            trg = (lab + 1 + torch.randint(0, NUM_EMOTIONS - 1, lab.shape, device=self.device)) % NUM_EMOTIONS
+            fake = self.G(x, domain_label(trg.cpu(), 0, self.n_domains).to(self.device))
+            rec = self.G(fake, domain_label(lab.cpu(), 0, self.n_domains).to(self.device))
+            _, cls = self.D(fake)
+            ce = F.cross_entropy(cls[:, :NUM_EMOTIONS], trg).item()
+            return self.loss_cfg.lambda_cls * ce + self.loss_cfg.lambda_rec * (x - rec).abs().mean().item()
+
+    @torch.no_grad()
+    def sample_grid(self, path: Path, n: int = 8) -> None:
+        """Input column + one column per emotion (per domain when there are several), fixed noise."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            x = torch.from_numpy(self.val.images[:n]).float().to(self.device) / 127.5 - 1
+            cols = [x.cpu().numpy()]
+            for d in range(self.n_domains):
+                for k in range(NUM_EMOTIONS):
+                    c = domain_label(torch.full((x.size(0),), k), d, self.n_domains).to(self.device)
+                    cols.append(self.G(x, c).float().cpu().numpy())
+        save_grid(cols, path)
+
+    def fit(self, stop_at: Optional[int] = None) -> Path:
+        """Train to ``total_steps`` (or stop early at ``stop_at``, as a kill would); returns the output folder."""
+        cfg = self.cfg
+        end = min(self.total_steps, stop_at) if stop_at is not None else self.total_steps
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            log = ScalarLog(self.out, resume_step=self.step)
+        bar = tqdm(total=self.total_steps, initial=self.step, disable=not (cfg.progress and self.is_main),
+                   desc=f"train {self.preset.name}", unit="it", dynamic_ncols=True)
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        t0, n_img = time.perf_counter(), 0
+        while self.step < end:
+            logs = self.train_step()
+            n_img += cfg.batch_size * self.world
+            for k, v in logs.items():
+                sums[k] = sums.get(k, 0.0) + v
+                counts[k] = counts.get(k, 0) + 1
+            bar.update(1)
+            last = self.step == end
+            if self.is_main and (self.step % cfg.log_every == 0 or last):
+                means = {k: sums[k] / counts[k] if counts.get(k) else math.nan for k in LOG_KEYS}
+                means["epoch"] = self.epoch
+                means["images_per_s"] = n_img / (time.perf_counter() - t0)
+                means["perceptual_on"] = float(self.perceptual_active())
+                log.write(self.step, means)
+                bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in means.items()
+                                 if k in ("D/loss_cls", "G/loss_cls", "G/loss_rec", "images_per_s")})
+                sums, counts = {}, {}
+                t0, n_img = time.perf_counter(), 0
+            if self.is_main and (self.step % cfg.sample_every == 0 or last):
+                self.sample_grid(self.out / "samples" / f"step{self.step:07d}.png")
+            if self.step % cfg.ckpt_every == 0 or last:
+                if self.is_main:
+                    score = self.validate()
+                    if score < self.best:
+                        self.best = score
+                        self.save("best.pt")
+                    self.save("last.pt")
+        bar.close()
+        if self.is_main:
+            log.close()
+            plot_losses(self.out / "scalars.csv", self.out / "losses.png")
+        if self.world > 1:
+            dist.barrier()
+        return self.out
+
+
+def train(cfg: TrainConfig) -> Path:
+    return Trainer(cfg).fit()
