@@ -7,4 +7,13 @@ PyTorch is needed for training and export only.
 from fexsdk._version import __version__
 from fexsdk.emotions import ALIASES, EMOTIONS, canonical_name, emotion_index
 
-__all__ = ["ALIASES", "EMOTIONS", "__version__", "canonical_name", "emotion_index"]
+__all__ = ["ALIASES", "EMOTIONS", "Transfer", "TransferResult", "__version__", "canonical_name", "emotion_index"]
+
+
+def __getattr__(name: str):
+    # Transfer pulls in OpenCV and onnxruntime; load it on first use so `import fexsdk` stays light.
+    if name in ("Transfer", "TransferResult"):
+        from fexsdk import transfer
+
+        return getattr(transfer, name)
+    raise AttributeError(f"module 'fexsdk' has no attribute {name!r}")

@@ -65,6 +65,141 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("export", help="export a generator to ONNX or a TensorRT engine")
+    kinds = p.add_subparsers(dest="kind", required=True)
+    o = kinds.add_parser("onnx", help="training checkpoint -> ONNX (needs the [train] extra)")
+    o.add_argument("checkpoint")
+    o.add_argument("-o", "--output", default="model.onnx")
+    o.add_argument("--opset", type=int, default=17)
+    o.add_argument("--fp16", action="store_true", help="half-precision weights and activations (float32 inputs/outputs)")
+    o.add_argument("--no-check", action="store_true", help="skip the PyTorch vs onnxruntime parity check")
+    o.set_defaults(func=_run_export_onnx)
+    e = kinds.add_parser("engine", help="ONNX -> TensorRT engine (needs a GPU and the [trt] or [trt-rtx] extra)")
+    e.add_argument("onnx")
+    e.add_argument("-o", "--output", default="model.engine")
+    e.add_argument("--precision", choices=["fp16", "fp32"], default="fp16")
+    e.add_argument("--batch", default="1,4,16", help="optimisation profile over batch sizes: MIN,OPT,MAX")
+    e.add_argument("--timing-cache", default="timing.cache", help="timing cache file reused across builds ('' for none)")
+    e.add_argument("--verbosity", choices=["error", "warning", "info", "verbose"], default="warning")
+    e.add_argument("--workspace-mib", type=int, default=1024)
+    e.set_defaults(func=_run_export_engine)
+
+
+def _run_export_onnx(args: argparse.Namespace) -> int:
+    require("torch", "train", "fex export onnx")
+    require("onnx", "train", "fex export onnx")
+    from export.onnx_export import export_onnx
+
+    report = export_onnx(args.checkpoint, args.output, opset=args.opset, fp16=args.fp16, check=not args.no_check)
+    print(f"wrote {report.path} ({report.size_bytes / 1e6:.2f} MB, {report.metadata.precision}, preset "
+          f"{report.metadata.preset or '?'}, noise size {report.metadata.noise_size})")
+    if not args.no_check:
+        print(f"parity: max |PyTorch - onnxruntime| = {report.max_abs_diff:.2e} (bound {report.tolerance:.0e})")
+    print(f"use it: fex apply photo.jpg -e surprise -o out.jpg --model {report.path}")
+    return 0
+
+
+def _run_export_engine(args: argparse.Namespace) -> int:
+    from fexsdk._trt import BatchProfile
+    from export.tensorrt_engine import EngineOptions, build_engine
+
+    options = EngineOptions(precision=args.precision, profile=BatchProfile.parse(args.batch),
+                            timing_cache=args.timing_cache or None, verbosity=args.verbosity,
+                            workspace_mib=args.workspace_mib)
+    path = build_engine(args.onnx, args.output, options)
+    print(f"wrote {path}")
+    print(f"use it: fex apply photo.jpg -e surprise -o out.jpg --model {path}")
+    return 0
+
+
+def _add_runtime(sub: argparse._SubParsersAction) -> None:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model", help="model file (.onnx, .engine, .pt); default: the bundled model")
+    common.add_argument("--detector", help="haar (default), a YuNet .onnx path or an SSD .pb path")
+    common.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    common.add_argument("--seed", type=int, default=0, help="test-time noise seed (same seed, same result)")
+    common.add_argument("--blend", choices=["residual", "replace"], default="residual")
+    a = sub.add_parser("apply", parents=[common], help="change the expression of every face in an image")
+    a.add_argument("input")
+    a.add_argument("-e", "--emotion", required=True, help="target emotion: name, alias or index; or name=0.7,name=0.3")
+    a.add_argument("-o", "--output", required=True)
+    a.add_argument("--strength", type=float, default=1.0)
+    a.set_defaults(func=_run_apply)
+    g = sub.add_parser("grid", parents=[common], help="each face and its 7 expressions side by side")
+    g.add_argument("input")
+    g.add_argument("-o", "--output", required=True)
+    g.add_argument("--cell", type=int, default=144, help="size of each cell in pixels")
+    g.set_defaults(func=_run_grid)
+
+
+def parse_target(text: str):
+    """"surprise" -> "surprise"; "happy=0.7,surprise=0.3" -> {"happy": 0.7, "surprise": 0.3}."""
+    if "=" not in text:
+        return text
+    out = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise ValueError(f"bad intensity in {part!r}: expected name=number") from None
+    return out
+
+
+def _transfer(args: argparse.Namespace):
+    from fexsdk.transfer import Transfer
+
+    return Transfer(args.model, device=args.device, detector=args.detector, blend=args.blend)
+
+
+def _write(path: str, image) -> None:
+    import cv2
+
+    if not cv2.imwrite(path, image):
+        raise ValueError(f"could not write {path} (is the extension an image format, e.g. .png or .jpg?)")
+
+
+def _run_apply(args: argparse.Namespace) -> int:
+    tr = _transfer(args)
+    image, faces = tr.apply(args.input, parse_target(args.emotion), seed=args.seed, strength=args.strength,
+                            return_faces=True)
+    _write(args.output, image)
+    print(f"{len(faces)} face(s) changed to {args.emotion}; wrote {args.output}" if faces
+          else f"no face found in {args.input}; wrote it unchanged to {args.output}")
+    return 0
+
+
+def _run_grid(args: argparse.Namespace) -> int:
+    import cv2
+    import numpy as np
+
+    from fexsdk.crops import crop_box_for
+    from fexsdk.emotions import EMOTIONS
+    from fexsdk.transfer import load_image
+
+    tr = _transfer(args)
+    image = load_image(args.input)
+    bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image[..., :3]
+    faces = tr.detect(bgr)
+    if not faces:
+        raise ValueError(f"no face found in {args.input}")
+    rows = []
+    for i, face in enumerate(faces):
+        box = crop_box_for(face, tr.detector)
+        cells = []
+        for emotion in (None, *EMOTIONS):
+            out = bgr if emotion is None else tr.apply(bgr, emotion, faces=[face], seed=args.seed + i)
+            crop = out[max(box.y, 0): box.y2, max(box.x, 0): box.x2]
+            cell = cv2.resize(crop, (args.cell, args.cell), interpolation=cv2.INTER_AREA)
+            cv2.putText(cell, emotion or "input", (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+            cells.append(cell)
+        rows.append(np.concatenate(cells, axis=1))
+    _write(args.output, np.concatenate(rows, axis=0))
+    print(f"wrote {args.output}: {len(faces)} face(s) x (input + {len(EMOTIONS)} emotions)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fex", description="fexsdk: facial expression transfer")
     from fexsdk import __version__
@@ -72,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fexsdk {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_export(sub)
+    _add_runtime(sub)
     return parser
 
 
@@ -80,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, ImportError) as exc:
+    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
         print(f"fex {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,1 @@
+"""Export trained generators to ONNX and TensorRT engines (needs the [train] extra; engines need [trt])."""
