@@ -65,6 +65,33 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train_classifier(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train-classifier", help="train the ResNet18 expression classifier (needs the [train] extra)")
+    p.add_argument("--data", required=True, help="FER2013: fer2013.csv, the Kaggle folder layout, or an .npz")
+    p.add_argument("--out", default="runs/classifier")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_run_train_classifier)
+
+
+def _run_train_classifier(args: argparse.Namespace) -> int:
+    require("torch", "train", "fex train-classifier")
+    from training.classifier import ClassifierTrainConfig, train_classifier
+
+    out = train_classifier(ClassifierTrainConfig(
+        data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        precision=args.precision, threads=args.threads, seed=args.seed, resume=args.resume,
+        progress=not args.no_progress))
+    print(f"done: {out}/best.pt (best PublicTest accuracy) and {out}/last.pt")
+    return 0
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a generator to ONNX or a TensorRT engine")
     kinds = p.add_subparsers(dest="kind", required=True)
@@ -207,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"fexsdk {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_train_classifier(sub)
     _add_export(sub)
     _add_runtime(sub)
     return parser

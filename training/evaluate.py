@@ -1,0 +1,222 @@
+"""The report's Table 2, made honest: classifier accuracy on real and generated test images,
+plus realism (Frechet distance in the classifier's feature space) and identity (how much of the
+input survives).
+
+A generator can fool the classifier by painting class-typical patterns; the realism and
+identity scores catch that, so no variant wins on accuracy alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from fexsdk.backends import load_backend
+from fexsdk.emotions import EMOTIONS, NUM_EMOTIONS
+from fexsdk.noise import draw_noise
+from training.classifier import ResNet18, confusion, load_classifier, predict, to_input
+from training.data import FaceDataset
+
+#: Table 2's row order, by preset name; other names follow alphabetically.
+TABLE2_ORDER = ("real", "stargan", "perceptual", "perceptual-skip", "dropout", "skip", "skip-dropout")
+PAPER_TABLE2 = {"real": 64.433, "stargan": 44.729, "perceptual": 38.823, "perceptual-skip": 52.902, "dropout": 54.759,
+                "skip": 57.091, "skip-dropout": 72.828}
+
+
+def accuracy(labels: np.ndarray, preds: np.ndarray) -> float:
+    return float(np.mean(labels == preds)) if len(labels) else float("nan")
+
+
+def per_class_accuracy(labels: np.ndarray, preds: np.ndarray) -> dict[str, float]:
+    return {EMOTIONS[k]: accuracy(labels[labels == k], preds[labels == k]) for k in range(NUM_EMOTIONS)}
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (rows are samples).
+
+    ||mu_a - mu_b||^2 + Tr(Sa + Sb - 2 (Sa Sb)^(1/2)); the trace of the square root is the sum of
+    the square roots of the eigenvalues of Sa Sb, which are real and >= 0 up to rounding.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    eig = np.linalg.eigvals(sa @ sb)
+    tr_sqrt = np.sqrt(np.clip(eig.real, 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * tr_sqrt)
+
+
+@dataclass
+class EvalResult:
+    """One generator's row (or the real-images row when ``generator`` is empty)."""
+
+    name: str
+    generator: str
+    classifier: str
+    n_images: int
+    seeds: list[int]
+    accuracy_real: float
+    per_class_real: dict[str, float]
+    confusion_real: list[list[int]]
+    #: Mean over seeds, and the spread (max - min) over seeds.
+    accuracy_generated: Optional[float] = None
+    accuracy_generated_spread: Optional[float] = None
+    per_class_generated: dict[str, float] = field(default_factory=dict)
+    confusion_generated: list[list[int]] = field(default_factory=list)
+    #: Frechet distance of classifier features, generated vs real: overall and per target emotion.
+    realism_fd: Optional[float] = None
+    realism_fd_per_target: dict[str, float] = field(default_factory=dict)
+    #: Mean |x - G(x, own label)| and |x - G(G(x, c), own label)|, in [0, 1] pixel units.
+    identity_self_l1: Optional[float] = None
+    identity_cycle_l1: Optional[float] = None
+
+
+def _run(backend, x: np.ndarray, emotions: np.ndarray, seed: int, batch: int = 256) -> np.ndarray:
+    """Generator outputs for float images in [-1, 1] and per-image target indices (seeded noise)."""
+    meta = backend.meta
+    out = np.empty_like(x)
+    for i in range(0, len(x), batch):
+        sl = slice(i, i + batch)
+        n = len(x[sl])
+        labels = meta.label_for(np.eye(NUM_EMOTIONS, dtype=np.float32)[emotions[sl]])
+        noise = draw_noise(meta, n, seed=[np.random.SeedSequence([seed, i + j]) for j in range(n)])
+        out[sl] = backend.run(x[sl], labels, noise)
+    return out
+
+
+def evaluate(data: FaceDataset, classifier: ResNet18, generator: Optional[str] = None, seeds=(0, 1, 2),
+             name: Optional[str] = None, classifier_name: str = "", progress: bool = True) -> EvalResult:
+    """Score the real images and, with ``generator`` (.pt checkpoint or .onnx), its 7 versions of each."""
+    from tqdm import tqdm
+
+    x_u8 = data.images
+    if x_u8.shape[1:] != (classifier.config.in_channels, classifier.config.image_size, classifier.config.image_size):
+        raise ValueError(f"data images are {x_u8.shape[1:]} but the classifier expects "
+                         f"({classifier.config.in_channels}, {classifier.config.image_size}, {classifier.config.image_size})")
+    x = to_input(x_u8)
+    labels = data.labels
+    real_logits = predict(classifier, x)
+    real_preds = real_logits.argmax(1)
+    result = EvalResult(name or (Path(generator).parent.name if generator else "real"), str(generator or ""),
+                        classifier_name, len(labels), list(seeds), accuracy(labels, real_preds),
+                        per_class_accuracy(labels, real_preds), confusion(labels, real_preds).tolist())
+    if generator is None:
+        return result
+    backend = load_backend(generator, device="auto")
+    meta = backend.meta
+    if (meta.channels, meta.image_size) != (classifier.config.in_channels, classifier.config.image_size):
+        raise ValueError(f"generator makes {meta.channels}x{meta.image_size}x{meta.image_size} images but the "
+                         f"classifier expects {classifier.config.in_channels}x{classifier.config.image_size}")
+    if meta.emotions != list(EMOTIONS):
+        raise ValueError(f"generator emotions {meta.emotions} differ from fexsdk's {list(EMOTIONS)}")
+    xn = x.numpy()
+    real_feats = predict(classifier, x, features=True)
+    accs, all_trg, all_pred, fake_feats, fake_trg = [], [], [], [], []
+    self_l1, cycle_l1 = [], []
+    bar = tqdm(total=len(seeds) * NUM_EMOTIONS, desc=f"eval {result.name}", disable=not progress)
+    for s_i, seed in enumerate(seeds):
+        trg_all, pred_all = [], []
+        for k in range(NUM_EMOTIONS):
+            trg = np.full(len(labels), k)
+            fake = _run(backend, xn, trg, seed * 100 + k)
+            preds = predict(classifier, torch.from_numpy(fake)).argmax(1)
+            trg_all.append(trg)
+            pred_all.append(preds)
+            if s_i == 0:
+                fake_feats.append(predict(classifier, torch.from_numpy(fake), features=True))
+                fake_trg.append(trg)
+                rec = _run(backend, fake, labels, seed * 100 + k + 50)
+                cycle_l1.append(np.abs(rec - xn).mean() / 2)
+            bar.update(1)
+        trg_all, pred_all = np.concatenate(trg_all), np.concatenate(pred_all)
+        accs.append(accuracy(trg_all, pred_all))
+        all_trg.append(trg_all)
+        all_pred.append(pred_all)
+        self_l1.append(np.abs(_run(backend, xn, labels, seed * 100 + 99) - xn).mean() / 2)
+    bar.close()
+    trg_cat, pred_cat = np.concatenate(all_trg), np.concatenate(all_pred)
+    feats, ftrg = np.concatenate(fake_feats), np.concatenate(fake_trg)
+    result.accuracy_generated = float(np.mean(accs))
+    result.accuracy_generated_spread = float(np.max(accs) - np.min(accs))
+    result.per_class_generated = per_class_accuracy(trg_cat, pred_cat)
+    result.confusion_generated = confusion(trg_cat, pred_cat).tolist()
+    result.realism_fd = frechet_distance(real_feats, feats)
+    result.realism_fd_per_target = {
+        EMOTIONS[k]: frechet_distance(real_feats[labels == k], feats[ftrg == k]) for k in range(NUM_EMOTIONS)
+        if (labels == k).sum() > 2}
+    result.identity_self_l1 = float(np.mean(self_l1))
+    result.identity_cycle_l1 = float(np.mean(cycle_l1))
+    return result
+
+
+def plot_confusion(matrix, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    m = np.asarray(matrix, np.float64)
+    norm = m / np.maximum(m.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(5, 4.4))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(m)):
+        for j in range(len(m)):
+            ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(m)), EMOTIONS, rotation=45, fontsize=8)
+    ax.set_yticks(range(len(m)), EMOTIONS, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true (target)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fmt(v, pct=False) -> str:
+    if v is None:
+        return "-"
+    return f"{100 * v:.2f}" if pct else f"{v:.3f}"
+
+
+def markdown_table(results: list[EvalResult]) -> str:
+    """One table in Table 2's row order: real images first, then each generator."""
+    def order(r: EvalResult):
+        key = "real" if not r.generator else r.name
+        return (TABLE2_ORDER.index(key) if key in TABLE2_ORDER else len(TABLE2_ORDER), key)
+
+    lines = ["| images | accuracy % (spread over seeds) | paper % | realism FD (lower is better) | identity L1 self / cycle |",
+             "| --- | --- | --- | --- | --- |"]
+    seen_real = False
+    for r in sorted(results, key=order):
+        if not seen_real:
+            lines.append(f"| real PublicTest | {_fmt(r.accuracy_real, True)} | {PAPER_TABLE2['real']} | - | - |")
+            seen_real = True
+        if r.generator:
+            paper = PAPER_TABLE2.get(r.name, "-")
+            lines.append(f"| {r.name} | {_fmt(r.accuracy_generated, True)} (±{_fmt(r.accuracy_generated_spread, True)}) "
+                         f"| {paper} | {_fmt(r.realism_fd)} | {_fmt(r.identity_self_l1)} / {_fmt(r.identity_cycle_l1)} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(result: EvalResult, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    (out / "results.md").write_text(markdown_table([result]))
+    plot_confusion(result.confusion_real, f"real PublicTest ({100 * result.accuracy_real:.1f}%)", out / "confusion_real.png")
+    if result.generator:
+        plot_confusion(result.confusion_generated, f"{result.name}: generated ({100 * result.accuracy_generated:.1f}%)",
+                       out / "confusion_generated.png")
+
+
+def read_results(folder: Path) -> EvalResult:
+    path = Path(folder) / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no results.json in {folder}; run `fex eval ... --out {folder}` first")
+    return EvalResult(**json.loads(path.read_text()))
+
+
