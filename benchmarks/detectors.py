@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -117,6 +118,36 @@ def time_detector(det, frames, repeats: int) -> float:
     return 1000.0 * float(best.mean())
 
 
+def small_face_sweep(faces, models: Path, seed: int) -> dict:
+    """Recall (and YuNet ms/frame) for small faces: YuNet at several enlargements, Haar at two floors."""
+    yunet = models / "face_detection_yunet_2023mar.onnx"
+    variants = {}
+    if yunet.is_file():
+        for label, min_face in (("yunet 1x", None), ("yunet 1.25x", 57.6), ("yunet 1.5x", 48), ("yunet 2x", 36)):
+            variants[label] = YuNetDetector(yunet, min_face=min_face)
+    variants["haar min 24"] = HaarDetector(min_face=24)
+    variants["haar min 32"] = HaarDetector(min_face=32)
+    out: dict = {}
+    print(f"\nsmall faces ({len(faces)} faces, {FRAME_W}x{FRAME_H}): found % / ms per frame")
+    for size in (32, 40, 48, 64, 96):
+        rng = np.random.default_rng(seed + 1000 + size)
+        frames = [place_face(f, size, rng) for f in faces]
+        cells = []
+        for label, det in variants.items():
+            det.detect(frames[0][0])
+            hits, t = 0, 0.0
+            for frame, (x, y, s) in frames:
+                t0 = time.perf_counter()
+                found = det.detect(frame)
+                t += time.perf_counter() - t0
+                hits += any(iou(f.box, (x, y, s, s)) > 0.5 for f in found)
+            rec, ms = hits / len(frames), 1000.0 * t / len(frames)
+            out.setdefault(str(size), {})[label] = {"recall": rec, "ms_per_frame": ms}
+            cells.append(f"{label}: {100 * rec:.0f}% / {ms:.0f}")
+        print(f"  face {size:3d}px  " + "  ".join(cells), flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="../shared/data/fer2013.npz")
@@ -127,6 +158,9 @@ def main(argv=None) -> int:
     ap.add_argument("--time-frames", type=int, default=50, help="frames timed per detector and size")
     ap.add_argument("--repeats", type=int, default=3, help="timing passes (best pass per frame is kept)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument(
+        "--small-faces", action="store_true", help="also sweep YuNet's enlargement and Haar's floor on 32-96 px faces"
+    )
     args = ap.parse_args(argv)
 
 
@@ -150,7 +184,8 @@ def main(argv=None) -> int:
     print(
         f"OpenCV {cv2.__version__}, numpy {np.__version__}, Python {platform.python_version()}, "
         f"{cv2.getNumberOfCPUs()} CPUs, OpenCV threads {cv2.getNumThreads()}; "
-        f"{len(faces)} PublicTest faces, frame {FRAME_W}x{FRAME_H}"
+        f"{len(faces)} PublicTest faces, frame {FRAME_W}x{FRAME_H}; load average "
+        + " ".join(f"{v:.2f}" for v in os.getloadavg())
     )
     results: dict = {"frame": [FRAME_W, FRAME_H], "n": int(len(faces)), "sizes": args.sizes, "detectors": {}}
     matched: dict[str, list] = {name: [] for name in detectors}  # (frame, box, face, gt)
@@ -239,7 +274,8 @@ def main(argv=None) -> int:
         print(
             f"{name:6s} n={len(items)}  best margin {m_best:+.2f} offset {o_best:+.2f} (mean IoU "
             f"{info['mean_iou_at_best']:.3f}; margin 0/offset 0: {info['mean_iou_margin0_offset0']:.3f})  "
-            f"median side ratio {info['median_true_side_over_box_side']:.3f}, dy {info['median_centre_dy_over_side']:+.3f}, "
+            f"median side ratio {info['median_true_side_over_box_side']:.3f}, "
+            f"dy {info['median_centre_dy_over_side']:+.3f}, "
             f"box w/h {info['median_box_aspect_w_over_h']:.2f}"
         )
         print(
@@ -249,6 +285,8 @@ def main(argv=None) -> int:
             + ", ".join(f"{m:+.2f}: {v:.2f}" for m, v in info["crop_l1_by_margin_at_l1_offset"].items())
             + f"; margin +0.25: {l1_wide:.2f}; true square: {l1_oracle:.2f}"
         )
+    if args.small_faces:
+        results["small_faces"] = small_face_sweep(faces[:100], models, args.seed)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
         print(f"wrote {args.json}")

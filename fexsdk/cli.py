@@ -24,6 +24,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-d", type=float, default=1e-4)
     p.add_argument("--n-critic", type=int, default=5, help="D steps per G step")
     p.add_argument("--decay-start", type=float, default=0.5, help="fraction of the run after which LRs decay linearly to 0")
+    p.add_argument("--input-skip", action=argparse.BooleanOptionalAction, default=None,
+                   help="generator output = input + learned residual (default: the preset's)")
     p.add_argument("--perceptual", action=argparse.BooleanOptionalAction, default=None,
                    help="force the perceptual (feature) cycle loss on or off (default: the preset's)")
     p.add_argument("--perceptual-start-epoch", type=float, help="epoch the perceptual loss switches in (preset: 40)")
@@ -54,7 +56,7 @@ def _run_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         preset=args.preset, data=args.data, synthetic=args.synthetic, second_domain=args.second_domain, out=args.out,
         epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr_g=args.lr_g, lr_d=args.lr_d,
-        n_critic=args.n_critic, decay_start=args.decay_start, perceptual=args.perceptual, perceptual_start_epoch=args.perceptual_start_epoch,
+        n_critic=args.n_critic, decay_start=args.decay_start, input_skip=args.input_skip, perceptual=args.perceptual, perceptual_start_epoch=args.perceptual_start_epoch,
         perceptual_mode=args.perceptual_mode, image_size=args.image_size, channels=args.channels,
         precision=args.precision, device=args.device, threads=args.threads, seed=args.seed, log_every=args.log_every,
         sample_every=args.sample_every, ckpt_every=args.ckpt_every, resume=args.resume, progress=not args.no_progress,

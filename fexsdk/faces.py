@@ -56,7 +56,7 @@ DETECTOR_CHOICES = (
 _HAAR_MIN_FACE = 32
 # YuNet: the face side (px) from which it is reliable at its input scale; the
 # frame is resized by this / min_face before detection (docs/detectors.md:
-# recall is ~85% from 64-80 px up and falls to ~37% at 40 px without enlarging).
+# recall is ~85% from 64-80 px up and falls to ~35% at 40 px without enlarging).
 _YUNET_RELIABLE_FACE = 72.0
 # YuNet's default min_face: the generator's own input size; 40-px faces are
 # still found ~3 times in 4 (docs/detectors.md).
@@ -319,8 +319,8 @@ class SSDDetector:
     """
 
     name = "ssd"
-    # Measured in docs/detectors.md (box w/h ~ 0.78, like YuNet's).
-    crop_margin = -0.03
+    # Measured in docs/detectors.md (box w/h ~ 0.77, like YuNet's).
+    crop_margin = -0.04
     crop_offset = 0.0
 
     def __init__(

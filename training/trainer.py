@@ -60,6 +60,8 @@ class TrainConfig:
     sample_every: int = 500
     ckpt_every: int = 500
     #: Overrides of the preset's loss settings (None keeps the preset's).
+    #: Override the preset's generator: output = input + learned residual.
+    input_skip: Optional[bool] = None
     perceptual: Optional[bool] = None
     perceptual_start_epoch: Optional[float] = None
     perceptual_mode: Optional[str] = None
@@ -187,6 +189,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         gcfg = asdict(preset.generator)
         gcfg.update(in_channels=cfg.channels, image_size=cfg.image_size, label_dim=label_dim)
+        if cfg.input_skip is not None:
+            gcfg["input_skip"] = cfg.input_skip
         self.G = Generator(**gcfg).to(self.device)
         self.D = Discriminator(in_channels=cfg.channels, image_size=cfg.image_size,
                                num_classes=NUM_EMOTIONS * self.n_domains, conv_dim=preset.d_conv_dim).to(self.device)
