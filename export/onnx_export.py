@@ -103,6 +103,8 @@ def export_onnx(checkpoint: str | os.PathLike, output: str | os.PathLike, opset:
     with warnings.catch_warnings():
         # InstanceNorm without running stats always uses the input's statistics, which is what we want.
         warnings.filterwarnings("ignore", message=".*instance_norm.*")
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
         # The TorchScript-based exporter: it handles the dynamic batch and InstanceNorm of this
         # small convolutional graph directly; the dynamo exporter needs onnxscript and adds nothing here.
         torch.onnx.export(

@@ -94,6 +94,46 @@ def _run_train_classifier(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="Table 2: classifier accuracy on real and generated test images, realism, identity")
+    p.add_argument("--generator", help="training checkpoint (.pt) or exported .onnx; omit to score real images only")
+    p.add_argument("--classifier", help="classifier (.safetensors or training checkpoint)")
+    p.add_argument("--data", help="FER2013 csv, Kaggle folder or any .npz with images and labels")
+    p.add_argument("--split", default="public", help="train, public, private, test or all (default: public)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="test-time noise seeds")
+    p.add_argument("--limit", type=int, help="use only the first N images (quick checks)")
+    p.add_argument("--name", help="row name (default: the generator's folder name)")
+    p.add_argument("--out", help="folder for results.json, results.md and confusion PNGs")
+    p.add_argument("--table", nargs="+", metavar="DIR", help="print one table from several result folders and exit")
+    p.set_defaults(func=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    require("torch", "train", "fex eval")
+    from pathlib import Path
+
+    from training.evaluate import evaluate, markdown_table, read_results, write_results
+
+    if args.table:
+        print(markdown_table([read_results(Path(d)) for d in args.table]), end="")
+        return 0
+    if not args.classifier or not args.data:
+        raise ValueError("fex eval needs --classifier and --data (or --table DIR ...)")
+    from training.classifier import load_classifier
+    from training.data import FaceDataset, load_dataset
+
+    clf = load_classifier(args.classifier)
+    data = load_dataset(args.data, args.split, clf.config.image_size, clf.config.in_channels)
+    if args.limit:
+        data = FaceDataset(data.images[: args.limit], data.labels[: args.limit], data.name)
+    result = evaluate(data, clf, args.generator, seeds=args.seeds, name=args.name, classifier_name=str(args.classifier))
+    print(markdown_table([result]), end="")
+    if args.out:
+        write_results(result, Path(args.out))
+        print(f"wrote {args.out}/results.json, results.md and confusion matrices")
+    return 0
+
+
 def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a generator to ONNX or a TensorRT engine")
     kinds = p.add_subparsers(dest="kind", required=True)
@@ -237,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_train_classifier(sub)
+    _add_eval(sub)
     _add_export(sub)
     _add_runtime(sub)
     return parser

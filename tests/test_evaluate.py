@@ -1,0 +1,134 @@
+"""Evaluation metrics against hand-computed values, and `fex eval` end to end on tiny artefacts."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+
+from fexsdk.metadata import ONNX_KEY, ModelMetadata  # noqa: E402
+from training.classifier import (ClassifierTrainConfig, ResNet18, confusion, export_classifier,  # noqa: E402
+                                 load_classifier, train_classifier)
+from training.data import FaceDataset  # noqa: E402
+from training.evaluate import accuracy, evaluate, frechet_distance, markdown_table, per_class_accuracy  # noqa: E402
+
+
+def test_accuracy_and_confusion_on_a_fixed_example():
+    labels = np.array([0, 0, 1, 3, 3, 3, 6])
+    preds = np.array([0, 1, 1, 3, 3, 0, 6])
+    assert accuracy(labels, preds) == pytest.approx(5 / 7)
+    m = confusion(labels, preds)
+    assert m[0, 0] == 1 and m[0, 1] == 1 and m[1, 1] == 1 and m[3, 3] == 2 and m[3, 0] == 1 and m[6, 6] == 1
+    assert m.sum() == 7
+    pc = per_class_accuracy(labels, preds)
+    assert pc["angry"] == 0.5 and pc["happy"] == pytest.approx(2 / 3) and pc["neutral"] == 1.0
+    assert np.isnan(pc["fear"])  # no fear images: undefined, not 0
+
+
+def test_frechet_distance_of_known_gaussians():
+    rng = np.random.default_rng(0)
+    d, n = 4, 500
+    z = rng.normal(size=(n, d))
+    z -= z.mean(0)
+    z = z @ np.linalg.inv(np.linalg.cholesky(np.cov(z, rowvar=False))).T  # exactly mean 0, covariance I
+    mu = np.array([1.0, 2.0, 0.0, -1.0])
+    assert frechet_distance(z, z) == pytest.approx(0.0, abs=1e-8)
+    assert frechet_distance(z, z + mu) == pytest.approx(6.0)  # |mu|^2
+    # N(0, I) vs N(mu, 4I): |mu|^2 + d * (1 + 4 - 2 * 2)
+    assert frechet_distance(z, 2 * z + mu) == pytest.approx(6.0 + d)
+
+
+def _identity_onnx(path):
+    """An fexsdk model whose output is its input: the 'copies the input' failure mode."""
+    from onnx import TensorProto, helper
+
+    image = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["batch", 1, 48, 48])
+    label = helper.make_tensor_value_info("label", TensorProto.FLOAT, ["batch", 7])
+    out = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 1, 48, 48])
+    graph = helper.make_graph([helper.make_node("Identity", ["image"], ["output"])], "identity", [image, label], [out])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    entry = model.metadata_props.add()
+    entry.key, entry.value = ONNX_KEY, ModelMetadata(preset="identity").to_json()
+    onnx.save(model, path)
+    return path
+
+
+def test_identity_generator_scores(tmp_path):
+    rng = np.random.default_rng(1)
+    data = FaceDataset(rng.integers(0, 255, (20, 1, 48, 48), dtype=np.uint8), rng.integers(0, 7, 20), "tiny")
+    clf = ResNet18().eval()
+    result = evaluate(data, clf, str(_identity_onnx(tmp_path / "id.onnx")), seeds=[0, 1], progress=False)
+    assert result.identity_self_l1 == 0.0 and result.identity_cycle_l1 == 0.0
+    # Unchanged images match exactly one of the 7 targets each: 1/7, whatever the classifier says.
+    assert result.accuracy_generated == pytest.approx(1 / 7)
+    assert result.accuracy_generated_spread == 0.0
+    assert result.realism_fd == pytest.approx(0.0, abs=1e-3)
+
+
+def test_mismatched_channels_are_a_clear_error(tmp_path):
+    data = FaceDataset(np.zeros((4, 1, 48, 48), np.uint8), np.zeros(4, np.int64), "tiny")
+    with pytest.raises(ValueError, match="classifier expects"):
+        evaluate(data, ResNet18(in_channels=3), str(_identity_onnx(tmp_path / "id.onnx")), progress=False)
+
+
+@pytest.fixture(scope="module")
+def tiny_classifier(tmp_path_factory):
+    from training.synthetic import make_synthetic
+
+    root = tmp_path_factory.mktemp("clf")
+    train, test = make_synthetic(96, seed=0), make_synthetic(32, seed=1)
+    npz = root / "tiny.npz"
+    np.savez(npz, images=np.concatenate([train.images, test.images])[:, 0],
+             labels=np.concatenate([train.labels, test.labels]), usage=np.r_[np.zeros(96), np.ones(32)].astype(np.uint8))
+    out = train_classifier(ClassifierTrainConfig(data=str(npz), out=str(root / "run"), epochs=2, batch_size=16,
+                                                 progress=False, threads=1))
+    path = export_classifier(out / "best.pt", root / "clf.safetensors", {"note": "test"})
+    return path, npz
+
+
+def test_classifier_export_round_trip(tiny_classifier):
+    path, _ = tiny_classifier
+    model = load_classifier(path)
+    assert isinstance(model, ResNet18)
+    assert json.loads(path.with_suffix(".json").read_text()) == {"note": "test"}
+    with pytest.raises(FileNotFoundError):
+        load_classifier(path.with_name("missing.safetensors"))
+
+
+def test_fex_eval_end_to_end(tiny_classifier, tiny_onnx, tmp_path):
+    clf, npz = tiny_classifier
+    out = tmp_path / "tiny-run"
+    cmd = [sys.executable, "-m", "fexsdk.cli", "eval", "--generator", str(tiny_onnx), "--classifier", str(clf),
+           "--data", str(npz), "--seeds", "0", "1", "--out", str(out), "--name", "skip-dropout"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads((out / "results.json").read_text())
+    assert res["n_images"] == 32 and res["seeds"] == [0, 1]
+    assert 0 <= res["accuracy_generated"] <= 1 and res["realism_fd"] >= 0
+    for name in ("results.md", "confusion_real.png", "confusion_generated.png"):
+        assert (out / name).is_file()
+    real = tmp_path / "real"
+    proc = subprocess.run([sys.executable, "-m", "fexsdk.cli", "eval", "--classifier", str(clf), "--data", str(npz),
+                           "--out", str(real)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "fexsdk.cli", "eval", "--table", str(out), str(real)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[2].startswith("| real PublicTest") and lines[3].startswith("| skip-dropout")
+    assert "72.828" in proc.stdout  # the paper's figure beside ours
+
+
+def test_markdown_table_orders_rows_like_table2():
+    from training.evaluate import EvalResult
+
+    def row(name, gen):
+        return EvalResult(name, gen, "", 1, [0], 0.5, {}, [], 0.4, 0.0, realism_fd=1.0, identity_self_l1=0.1,
+                          identity_cycle_l1=0.2)
+
+    text = markdown_table([row("skip-dropout", "b.onnx"), row("stargan", "a.onnx")])
+    assert text.index("| stargan") < text.index("| skip-dropout")
