@@ -45,7 +45,7 @@ except ImportError:  # running from a checkout without installing
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fexsdk.crops import extract_crops, square_box
-from fexsdk.faces import HaarDetector, SSDDetector, YuNetDetector
+from fexsdk.faces import HaarDetector, SSDDetector, YuNetDetector, box_iou
 
 FRAME_W, FRAME_H = 640, 480
 
@@ -61,15 +61,6 @@ def place_face(face: np.ndarray, size: int, rng: np.random.Generator, frame=(FRA
     canvas = np.clip(canvas + rng.normal(0.0, 8.0, canvas.shape), 0, 255).astype(np.uint8)
     canvas[y : y + size, x : x + size] = big
     return cv2.cvtColor(canvas, cv2.COLOR_GRAY2BGR), (x, y, size)
-
-
-def iou(a, b) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    ix = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    iy = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = ix * iy
-    return inter / (aw * ah + bw * bh - inter)
 
 
 def square_iou_grid(boxes: np.ndarray, gts: np.ndarray, margins: np.ndarray, offsets: np.ndarray):

@@ -269,6 +269,59 @@ def _run_grid(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="live expression transfer on a webcam or a video file",
+                       description="Change the expression of every face in a webcam or video, live. Window keys: "
+                                   "1-7 emotion, n/p next/previous, s save a frame, space original/transfer, q/Esc quit. "
+                                   "With --output or --headless no window is opened.")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--camera", type=int, metavar="INDEX", help="webcam index (default: 0 when no --input)")
+    src.add_argument("--input", metavar="VIDEO", help="a video file (every frame is processed, in order) or a stream URL")
+    p.add_argument("--output", metavar="VIDEO", help="write the result here (.mp4: mp4v, .avi: MJPG, .mkv: lossless FFV1); no window")
+    p.add_argument("--headless", action="store_true", help="no window (with no --output: process and print statistics)")
+    p.add_argument("--no-overlay", action="store_true", help="do not draw the emotion, FPS and timings on the frames")
+    p.add_argument("--model", help="model file (.onnx, .engine, .pt); default: the bundled model")
+    p.add_argument("--detector", help="haar (default), a YuNet .onnx path or an SSD .pb path")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--threads", type=int, help="onnxruntime CPU threads")
+    p.add_argument("--blend", choices=["residual", "replace"], default="residual")
+    p.add_argument("-e", "--emotion", default="happy", help="emotion to start with: name, alias or index 0-6 (default: happy)")
+    p.add_argument("--seed", type=int, default=0, help="noise seed; face track i keeps seed+i for its whole life")
+    p.add_argument("--fresh-noise", action="store_true", help="draw new dropout noise every frame (flickers; for comparison)")
+    p.add_argument("--strength", type=float, default=1.0, help="scales the change (0 = unchanged)")
+    p.add_argument("--detect-every", type=int, default=3, metavar="K", help="run the face detector every K frames, track in between")
+    p.add_argument("--smoothing", type=float, default=0.5, help="box smoothing in [0, 1): weight of the previous box")
+    p.add_argument("--drop-after", type=int, default=3, metavar="N", help="forget a face not seen for N detections in a row")
+    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    p.add_argument("--fourcc", help="output codec, 4 characters (e.g. mp4v, MJPG, FFV1, XVID)")
+    p.add_argument("--save-dir", default=".", help="where the s key saves frames")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the source to open or give a frame")
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from fexsdk.video import DemoConfig, run_demo
+
+    cfg = DemoConfig(
+        camera=args.camera, input=args.input, output=args.output, headless=args.headless, overlay=not args.no_overlay,
+        model=args.model, detector=args.detector, device=args.device, threads=args.threads, blend=args.blend,
+        emotion=args.emotion, seed=None if args.fresh_noise else args.seed, strength=args.strength,
+        detect_every=args.detect_every, smoothing=args.smoothing, drop_after=args.drop_after,
+        max_frames=args.max_frames, fourcc=args.fourcc, save_dir=args.save_dir, open_timeout=args.timeout,
+        read_timeout=args.timeout,
+    )
+    stats = run_demo(cfg)
+    t = stats.timings_ms
+    print(f"{stats.frames} frames ({stats.reason}) in {stats.seconds:.1f} s, {stats.fps:.1f} fps; "
+          f"{stats.tracks} face track(s); detect {t.get('detect', 0):.1f} ms, generate {t.get('generate', 0):.1f} ms, "
+          f"paste {t.get('paste', 0):.1f} ms")
+    if stats.dropped:
+        print(f"dropped {stats.dropped} stale camera frame(s) to keep up")
+    if stats.output:
+        print(f"wrote {stats.output} ({stats.written} frames)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fex", description="fexsdk: facial expression transfer")
     from fexsdk import __version__
@@ -280,6 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_export(sub)
     _add_runtime(sub)
+    _add_demo(sub)
     return parser
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from fexsdk.images import check_image
+
 __all__ = [
     "DEFAULT_MARGIN",
     "DEFAULT_OFFSET",
@@ -166,22 +168,6 @@ _TO_GRAY = {1: None, 3: cv2.COLOR_BGR2GRAY, 4: cv2.COLOR_BGRA2GRAY}
 _TO_RGB = {1: cv2.COLOR_GRAY2RGB, 3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}
 
 
-def _check_image(image: np.ndarray) -> np.ndarray:
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8, got dtype {image.dtype}")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (3, 4))):
-        raise ValueError(
-            f"image must be HxW (gray), HxWx3 (BGR) or HxWx4 (BGRA), got shape {image.shape}"
-        )
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"image is empty: shape {image.shape}")
-    return image
-
-
 def extract_crops(image: np.ndarray, boxes: Sequence[CropBox], size: int, channels: int) -> np.ndarray:
     """Cut ``boxes`` out of ``image`` and scale each to ``size`` x ``size``.
 
@@ -192,7 +178,7 @@ def extract_crops(image: np.ndarray, boxes: Sequence[CropBox], size: int, channe
     ``INTER_AREA``, enlarging ``INTER_CUBIC``. No boxes gives ``(0, channels,
     size, size)``.
     """
-    image = _check_image(image)
+    image = check_image(image)
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"size must be a positive int, got {size!r}")
     if channels not in (1, 3):

@@ -31,6 +31,8 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from fexsdk.images import to_bgr, to_gray
+
 __all__ = [
     "DETECTOR_CHOICES",
     "Face",
@@ -84,6 +86,17 @@ class Face:
         return (x + w / 2.0, y + h / 2.0)
 
 
+def box_iou(a, b) -> float:
+    """Intersection over union of two (x, y, w, h) boxes."""
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    ix = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    iy = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    inter = ix * iy
+    union = aw * ah + bw * bh - inter
+    return inter / union if union > 0 else 0.0
+
+
 @runtime_checkable
 class FaceDetector(Protocol):
     """Anything with a ``name`` and a ``detect(image) -> list[Face]`` method."""
@@ -92,38 +105,6 @@ class FaceDetector(Protocol):
 
     def detect(self, image: np.ndarray) -> list[Face]:  # pragma: no cover - protocol
         ...
-
-
-def _as_bgr(image: np.ndarray) -> np.ndarray:
-    """Return a contiguous BGR uint8 view/copy of a gray, BGR or BGRA image."""
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8 (OpenCV's BGR convention), got dtype {image.dtype}")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 2:
-        bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-    elif image.ndim == 3 and image.shape[2] == 3:
-        bgr = image
-    elif image.ndim == 3 and image.shape[2] == 4:
-        bgr = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
-    else:
-        raise ValueError(
-            f"image must be HxW (gray), HxWx3 (BGR) or HxWx4 (BGRA), got shape {image.shape}"
-        )
-    if bgr.shape[0] == 0 or bgr.shape[1] == 0:
-        raise ValueError(f"image is empty: shape {image.shape}")
-    return np.ascontiguousarray(bgr)
-
-
-def _as_gray(image: np.ndarray) -> np.ndarray:
-    if isinstance(image, np.ndarray) and image.dtype == np.uint8:
-        if image.ndim == 2 and image.size:
-            return np.ascontiguousarray(image)
-        if image.ndim == 3 and image.shape[2] == 1 and image.size:
-            return np.ascontiguousarray(image[:, :, 0])
-    return cv2.cvtColor(_as_bgr(image), cv2.COLOR_BGR2GRAY)
 
 
 def _clip_box(x1: float, y1: float, x2: float, y2: float, w: int, h: int):
@@ -194,7 +175,7 @@ class HaarDetector:
         self.equalize = bool(equalize)
 
     def detect(self, image: np.ndarray) -> list[Face]:
-        gray = _as_gray(image)
+        gray = to_gray(image)
         if self.equalize:
             gray = cv2.equalizeHist(gray)
         h, w = gray.shape
@@ -275,7 +256,7 @@ class YuNetDetector:
         self._size: tuple[int, int] | None = None
 
     def detect(self, image: np.ndarray) -> list[Face]:
-        bgr = _as_bgr(image)
+        bgr = to_bgr(image)
         h, w = bgr.shape[:2]
         scale = 1.0 if self.min_face is None else _YUNET_RELIABLE_FACE / self.min_face
         if self.max_side is not None and max(h, w) * scale > self.max_side:
@@ -353,7 +334,7 @@ class SSDDetector:
             raise RuntimeError(f"OpenCV could not load the SSD model {pb_path}: {exc}") from exc
 
     def detect(self, image: np.ndarray) -> list[Face]:
-        bgr = _as_bgr(image)
+        bgr = to_bgr(image)
         h, w = bgr.shape[:2]
         s = self.input_size
         blob = cv2.dnn.blobFromImage(bgr, 1.0, (s, s), (104.0, 177.0, 123.0), swapRB=False, crop=False)

@@ -21,6 +21,8 @@ from numbers import Real
 import cv2
 import numpy as np
 
+from fexsdk.images import check_image
+
 from fexsdk.crops import CropBox
 
 __all__ = ["BLEND_MODES", "DEFAULT_FEATHER", "face_mask", "paste_back"]
@@ -55,21 +57,6 @@ def face_mask(size: int, feather: float = DEFAULT_FEATHER) -> np.ndarray:
         return (r < 1.0).astype(np.float32)
     s = np.clip((1.0 - r) / feather, 0.0, 1.0)
     return (s * s * (3.0 - 2.0 * s)).astype(np.float32)
-
-
-def _check_image(image) -> np.ndarray:
-    if not isinstance(image, np.ndarray):
-        raise ValueError(f"image must be a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8, got dtype {image.dtype}")
-    ok = image.ndim == 2 or (image.ndim == 3 and image.shape[2] in (1, 3, 4))
-    if not ok:
-        raise ValueError(
-            f"image must be HxW (gray), HxWx3 (BGR) or HxWx4 (BGRA), got shape {image.shape}"
-        )
-    if image.shape[0] == 0 or image.shape[1] == 0:
-        raise ValueError(f"image is empty: shape {image.shape}")
-    return image
 
 
 def _check_batch(name: str, arr, n: int) -> np.ndarray:
@@ -132,7 +119,7 @@ def paste_back(
     the input; parts of boxes outside the image are clipped. Overlapping boxes
     are applied one after another, in order.
     """
-    image = _check_image(image)
+    check_image(image)  # validates; an HxWx1 image keeps its shape in the result
     if not isinstance(blend, str) or blend not in BLEND_MODES:
         raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
     if isinstance(strength, bool) or not isinstance(strength, Real):

@@ -14,6 +14,7 @@ from fexsdk.backends import Backend, load_backend
 from fexsdk.crops import CropBox, crop_box_for, extract_crops
 from fexsdk.emotions import Target, target_matrix
 from fexsdk.faces import Face, FaceDetector, make_detector
+from fexsdk.images import check_image
 from fexsdk.noise import draw_noise
 from fexsdk.paste import BLEND_MODES, paste_back
 
@@ -50,17 +51,9 @@ def load_image(image: Union[np.ndarray, str, os.PathLike]) -> np.ndarray:
         if loaded is None:
             raise ValueError(f"{path} is not an image OpenCV can read")
         image = loaded
-    if image is None:
-        raise ValueError("image is None; pass a BGR uint8 array (HxWx3), a gray HxW or a BGRA HxWx4 array, or a path")
-    if not isinstance(image, np.ndarray):
+    if image is not None and not isinstance(image, np.ndarray):
         raise ValueError(f"image must be a numpy array or a path, got {type(image).__name__}")
-    if image.size == 0:
-        raise ValueError(f"image is empty (shape {image.shape})")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8 (0-255, OpenCV's convention), got {image.dtype}; convert with "
-                         "np.clip(x, 0, 255).astype(np.uint8) or (x * 255) for floats in [0, 1]")
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-        raise ValueError(f"image must be HxW (gray), HxWx3 (BGR) or HxWx4 (BGRA), got shape {image.shape}")
+    check_image(image)
     if image.shape[0] * image.shape[1] > MAX_PIXELS:
         raise ValueError(f"image has {image.shape[0] * image.shape[1]:,} pixels; the limit is {MAX_PIXELS:,} (resize it first)")
     return image

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 import pytest
 
+from benchmarks.detectors import place_face
 from fexsdk import faces as faces_mod
 from fexsdk.crops import (
     DEFAULT_MARGIN,
@@ -24,6 +25,7 @@ from fexsdk.crops import (
 )
 from fexsdk.faces import (
     Face,
+    box_iou,
     FaceDetector,
     HaarDetector,
     SSDDetector,
@@ -39,33 +41,10 @@ FRAME = (400, 300)  # W, H
 # --------------------------------------------------------------------------- helpers
 
 
-def place_face(face: np.ndarray, size: int, rng: np.random.Generator, frame=FRAME):
-    """A 48x48 face upscaled to ``size`` in a frame whose background is its own
-    border, replicated, blurred and noised. Returns (BGR frame, (x, y, size))."""
-    W, H = frame
-    big = cv2.resize(face, (size, size), interpolation=cv2.INTER_CUBIC)
-    x = int(rng.integers(0, W - size + 1))
-    y = int(rng.integers(0, H - size + 1))
-    canvas = cv2.copyMakeBorder(big, y, H - size - y, x, W - size - x, cv2.BORDER_REPLICATE)
-    canvas = cv2.GaussianBlur(canvas, (0, 0), size / 6.0)
-    canvas = np.clip(canvas + rng.normal(0.0, 8.0, canvas.shape), 0, 255).astype(np.uint8)
-    canvas[y : y + size, x : x + size] = big
-    return cv2.cvtColor(canvas, cv2.COLOR_GRAY2BGR), (x, y, size)
-
-
-def iou(a, b) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    ix = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    iy = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = ix * iy
-    return inter / (aw * ah + bw * bh - inter)
-
-
 def best_match(found: list[Face], gt) -> tuple[float, Face | None]:
     if not found:
         return 0.0, None
-    scores = [iou(f.box, gt) for f in found]
+    scores = [box_iou(f.box, gt) for f in found]
     i = int(np.argmax(scores))
     return scores[i], found[i]
 
@@ -95,7 +74,7 @@ def placed(fer_sample):
     """N_FACES frames, each with one FER face, and the faces and true squares."""
     images, _ = fer_sample
     rng = np.random.default_rng(123)
-    frames, gts = zip(*(place_face(f, FACE_PX, rng) for f in images[:N_FACES]))
+    frames, gts = zip(*(place_face(f, FACE_PX, rng, frame=FRAME) for f in images[:N_FACES]))
     return list(frames), [(x, y, s, s) for x, y, s in gts], images[:N_FACES]
 
 
