@@ -1,0 +1,64 @@
+"""Reproduce the report's Table 2: train each of its generators with the same budget, evaluate each.
+
+    python -m training.table2 --data ../shared/data/fer2013.npz --classifier CLS.safetensors \\
+        --out runs/table2 --epochs 2 --precision bf16 [--presets stargan skip-dropout] [--resume]
+
+Each preset trains in ``OUT/<preset>`` (resumable: rerun with --resume after a kill), is
+evaluated into ``OUT/eval/<preset>``, and the combined table is written to ``OUT/table2.md``.
+On a GPU machine the same command trains the paper-size models (pass --device cuda).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from training.classifier import load_classifier
+from training.data import load_dataset
+from training.evaluate import TABLE2_ORDER, evaluate, markdown_table, write_results
+from training.trainer import TrainConfig, Trainer
+
+TABLE2_PRESETS = [p for p in TABLE2_ORDER if p != "real"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--classifier", required=True)
+    p.add_argument("--out", default="runs/table2")
+    p.add_argument("--presets", nargs="+", default=TABLE2_PRESETS)
+    p.add_argument("--epochs", type=float, default=2.0, help="the same budget for every preset")
+    p.add_argument("--perceptual-start-epoch", type=float,
+                   help="when the feature loss switches in (default: at 40%% of the budget; the report: epoch 40)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--resume", action="store_true")
+    args = p.parse_args()
+
+    out = Path(args.out)
+    clf = load_classifier(args.classifier)
+    test = load_dataset(args.data, "public")
+    results = [evaluate(test, clf, None, classifier_name=args.classifier, progress=False)]
+    write_results(results[0], out / "eval" / "real")
+    start = args.perceptual_start_epoch if args.perceptual_start_epoch is not None else 0.4 * args.epochs
+    for preset in args.presets:
+        run = out / preset
+        cfg = TrainConfig(preset=preset, data=args.data, out=str(run), epochs=args.epochs, batch_size=args.batch_size,
+                          precision=args.precision, device=args.device, threads=args.threads,
+                          perceptual_start_epoch=start, resume=args.resume and (run / "last.pt").exists(),
+                          sample_every=2000, ckpt_every=500)
+        trainer = Trainer(cfg)
+        if trainer.step < trainer.total_steps:
+            trainer.fit()
+        result = evaluate(test, clf, str(run / "last.pt"), seeds=args.seeds, name=preset, classifier_name=args.classifier)
+        write_results(result, out / "eval" / preset)
+        results.append(result)
+        (out / "table2.md").write_text(markdown_table(results))
+        print(markdown_table(results), flush=True)
+
+
+if __name__ == "__main__":
+    main()
