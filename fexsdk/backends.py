@@ -48,11 +48,13 @@ class OnnxBackend:
 
         path = Path(path)
         available = ort.get_available_providers()
-        if device == "cuda" and "CUDAExecutionProvider" not in available:
-            raise RuntimeError("device='cuda' needs onnxruntime with CUDA: pip install 'fexsdk[gpu]' (and an NVIDIA GPU)")
-        providers = ["CPUExecutionProvider"]
-        if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
-            providers.insert(0, "CUDAExecutionProvider")
+        wants_cuda = device == "auto" or device.startswith("cuda")
+        if device.startswith("cuda") and "CUDAExecutionProvider" not in available:
+            raise RuntimeError(f"device={device!r} needs onnxruntime with CUDA: pip install 'fexsdk[gpu]' (and an NVIDIA GPU)")
+        providers: list = ["CPUExecutionProvider"]
+        if wants_cuda and "CUDAExecutionProvider" in available:
+            device_id = int(device.split(":")[1]) if ":" in device else 0
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:
@@ -79,8 +81,10 @@ class OnnxBackend:
 class TorchBackend:
     """A training checkpoint run by PyTorch (for checking a model before exporting it)."""
 
-    def __init__(self, path: str | os.PathLike, device: str = "auto") -> None:
+    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: Optional[int] = None) -> None:
         torch = require("torch", "train", "running a training checkpoint")
+        if threads:
+            torch.set_num_threads(threads)  # process-wide in PyTorch
         from export.onnx_export import metadata_for
         from training.checkpoint import generator_from_checkpoint, load_checkpoint
 
@@ -117,7 +121,7 @@ def load_backend(model: str | os.PathLike, device: str = "auto", threads: Option
 
         return TensorRTBackend(path)
     if suffix in TORCH_SUFFIXES:
-        return TorchBackend(path, device)
+        return TorchBackend(path, device, threads)
     raise ValueError(
         f"cannot tell the backend from {path.name!r}: use .onnx (onnxruntime), .engine/.plan (TensorRT) "
         "or .pt/.pth/.ckpt (a PyTorch training checkpoint)"

@@ -291,6 +291,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strength", type=float, default=1.0, help="scales the change (0 = unchanged)")
     p.add_argument("--detect-every", type=int, default=3, metavar="K", help="run the face detector every K frames, track in between")
     p.add_argument("--smoothing", type=float, default=0.5, help="box smoothing in [0, 1): weight of the previous box")
+    p.add_argument("--velocity", type=float, default=0.3,
+                   help="in [0, 1]: how fast boxes learn a face's motion and move on between detections (0: hold them)")
     p.add_argument("--drop-after", type=int, default=3, metavar="N", help="forget a face not seen for N detections in a row")
     p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
     p.add_argument("--fourcc", help="output codec, 4 characters (e.g. mp4v, MJPG, FFV1, XVID)")
@@ -306,7 +308,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         camera=args.camera, input=args.input, output=args.output, headless=args.headless, overlay=not args.no_overlay,
         model=args.model, detector=args.detector, device=args.device, threads=args.threads, blend=args.blend,
         emotion=args.emotion, seed=None if args.fresh_noise else args.seed, strength=args.strength,
-        detect_every=args.detect_every, smoothing=args.smoothing, drop_after=args.drop_after,
+        detect_every=args.detect_every, smoothing=args.smoothing, velocity=args.velocity, drop_after=args.drop_after,
         max_frames=args.max_frames, fourcc=args.fourcc, save_dir=args.save_dir, open_timeout=args.timeout,
         read_timeout=args.timeout,
     )

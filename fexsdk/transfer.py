@@ -101,12 +101,17 @@ class Transfer:
 
     # -- the raw model --------------------------------------------------------
     def _seeds(self, seed: Seeds, count: int):
-        """One seed per face; an int seed gives face i the seed (seed, i)."""
+        """One seed per face: an int seed gives face i the stream (seed, i); a list gives face i seeds[i]."""
         if seed is None:
             return None
         if isinstance(seed, (int, np.integer)):
             return [np.random.SeedSequence([int(seed), i]) for i in range(count)]
-        return list(seed)
+        if isinstance(seed, np.random.SeedSequence):
+            return seed.spawn(count)
+        try:
+            return list(seed)
+        except TypeError:
+            raise ValueError(f"seed must be an int, a list of ints (one per face) or None, got {seed!r}") from None
 
     def run_model(self, x: np.ndarray, targets, seed: Seeds = None, noise: bool = True, domain: int = 0) -> np.ndarray:
         """(N, C, s, s) float32 in [-1, 1] -> generator output, same shape."""
@@ -144,6 +149,8 @@ class Transfer:
                 seed: Seeds = None, strength: float = 1.0, noise: bool = True) -> TransferResult:
         """Like :meth:`apply`, returning a :class:`TransferResult` with the faces and crops."""
         image = load_image(image)
+        if isinstance(strength, bool) or not isinstance(strength, (int, float, np.integer, np.floating)):
+            raise ValueError(f"strength must be a number, got {strength!r}")
         if not np.isfinite(strength) or strength < 0:
             raise ValueError(f"strength must be a finite number >= 0, got {strength}")
         found = self.detector.detect(image) if faces is None else [_face(f) for f in faces]
@@ -165,8 +172,10 @@ class Transfer:
             image: BGR uint8 HxWx3 (OpenCV's convention), gray HxW or BGRA HxWx4, or a path to an image file.
             target: an emotion name or alias ("surprise", "joy"), an index, a dict of intensities
                 ({"happy": 0.7}), or a list with one of those per face.
-            faces: (x, y, w, h) boxes or Face objects to use instead of running the detector.
-            seed: fixes the test-time dropout noise (same seed, same output); None draws new noise each call.
+            faces: (x, y, w, h) boxes or Face objects to use instead of running the detector; they are
+                framed like the configured detector's boxes (Haar's, the default, need no margin).
+            seed: fixes the test-time dropout noise (same seed, same output): an int gives face i the
+                stream (seed, i), a list gives face i its own seed; None draws new noise each call.
             strength: scales the change (0 = unchanged, 1 = the model's change).
             noise: False switches the test-time dropout off (the deterministic, eval-mode model).
             return_faces: also return the list of faces found.

@@ -6,8 +6,9 @@ changed faces flicker, so the pieces here:
 
 - :class:`FaceTracker` runs on the frames where the detector ran (every
   ``detect_every`` frames): it matches the new boxes to its tracks by IoU,
-  smooths each track's box (exponential moving average), holds the boxes on
-  the frames in between, and drops a track that was not seen for
+  smooths each track's box (exponential moving average, plus an optional
+  velocity estimate that moves the box on between detections; velocity 0
+  holds the boxes still), and drops a track that was not seen for
   ``drop_after`` detections in a row. Each track gets its own noise seed when
   it is created (``base_seed + track id``), so a tracked face keeps the same
   dropout noise (the same generated expression) for as long as it is tracked,
@@ -28,6 +29,7 @@ touched, which is how it runs on servers and in tests.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -43,6 +45,8 @@ import cv2
 import numpy as np
 
 from fexsdk.emotions import EMOTIONS, emotion_index
+from fexsdk.faces import box_iou
+from fexsdk.images import to_bgr
 
 __all__ = [
     "DemoConfig",
@@ -101,26 +105,16 @@ def _as_box(det: Any) -> tuple[Box, float]:
     return (x, y, w, h), score
 
 
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two (x, y, w, h) boxes (0 when they do not overlap)."""
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    iw = min(ax + aw, bx + bw) - max(ax, bx)
-    ih = min(ay + ah, by + bh) - max(ay, by)
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    return float(inter / (aw * ah + bw * bh - inter))
-
-
 @dataclass
 class Track:
     """One tracked face.
 
-    ``box`` is the smoothed (x, y, w, h) box used for the transfer, ``raw_box``
-    the last detection matched to the track. ``seed`` fixes the face's dropout
-    noise for the track's whole life (None: fresh noise every frame).
-    ``misses`` counts the detections in a row that did not see the face.
+    ``box`` is the smoothed (x, y, w, h) box used for the transfer, as of frame
+    ``updated``; ``velocity`` its estimated change per frame (zero when the
+    tracker does not predict). ``raw_box`` is the last detection matched to the
+    track. ``seed`` fixes the face's dropout noise for the track's whole life
+    (None: fresh noise every frame). ``misses`` counts the detections in a row
+    that did not see the face.
     """
 
     id: int
@@ -132,6 +126,13 @@ class Track:
     misses: int = 0
     first_frame: int = 0
     last_seen: int = 0
+    updated: int = 0
+    velocity: Box = (0.0, 0.0, 0.0, 0.0)
+
+
+def _valid_box(box: Sequence[float]) -> Box:
+    x, y, w, h = box
+    return (float(x), float(y), max(float(w), 1.0), max(float(h), 1.0))
 
 
 class FaceTracker:
@@ -139,25 +140,34 @@ class FaceTracker:
 
     Args:
         iou_threshold: a detection continues a track when their boxes overlap at least this much.
-        smoothing: weight of the previous box in the moving average, in [0, 1) (0: follow the detector).
+        smoothing: weight of the track's own (predicted) box against a new detection, in [0, 1)
+            (0: jump to each detection; 0.5: move half-way).
         drop_after: a track not seen for this many detections in a row is dropped.
         base_seed: track ``i`` gets the noise seed ``base_seed + i``; None gives every track ``seed=None``.
+        velocity: gain of the velocity estimate, in [0, 1]. 0 holds each box still between
+            detections (a plain moving average); above 0 the box also moves on at the face's
+            estimated speed between detections (an alpha-beta filter), so a moving face stays
+            under its box (on a face moving 2 px/frame with detection every 3 frames, this
+            halves the flicker, see ``benchmarks/flicker.py --motion 2``).
 
     Matching is greedy on IoU (the best-overlapping pair first), against each
-    track's last detected box. Call :meth:`update` only on frames where the
-    detector ran; between them :attr:`tracks` holds the boxes.
+    track's box predicted for the detection's frame. Call :meth:`update` on
+    frames where the detector ran and :meth:`predict` on the frames in between.
     """
 
     def __init__(self, iou_threshold: float = 0.3, smoothing: float = 0.5, drop_after: int = 3,
-                 base_seed: Optional[int] = 0) -> None:
+                 base_seed: Optional[int] = 0, velocity: float = 0.3) -> None:
         if not 0.0 < float(iou_threshold) <= 1.0:
             raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
         if not 0.0 <= float(smoothing) < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+        if not 0.0 <= float(velocity) <= 1.0:
+            raise ValueError(f"velocity must be in [0, 1], got {velocity}")
         if isinstance(drop_after, bool) or int(drop_after) != drop_after or drop_after < 1:
             raise ValueError(f"drop_after must be an integer >= 1, got {drop_after}")
         self.iou_threshold = float(iou_threshold)
         self.smoothing = float(smoothing)
+        self.velocity = float(velocity)
         self.drop_after = int(drop_after)
         self.base_seed = None if base_seed is None else int(base_seed)
         self._tracks: list[Track] = []
@@ -176,23 +186,37 @@ class FaceTracker:
         self._tracks = []
         self._last_frame = None
 
-    def update(self, detections: Sequence[Any], frame_index: int) -> list[Track]:
-        """Feed the detections of frame ``frame_index``; returns the live tracks in id order."""
+    def _advance(self, frame_index: int) -> None:
         frame_index = int(frame_index)
         if self._last_frame is not None and frame_index < self._last_frame:
             raise ValueError(f"frame_index went backwards ({frame_index} after {self._last_frame})")
         self._last_frame = frame_index
+        for t in self._tracks:
+            dt = frame_index - t.updated
+            if dt > 0 and any(t.velocity):
+                t.box = _valid_box(b + v * dt for b, v in zip(t.box, t.velocity))
+            t.updated = frame_index
+
+    def predict(self, frame_index: int) -> list[Track]:
+        """The live tracks with their boxes moved on to ``frame_index`` (a frame without detection)."""
+        self._advance(frame_index)
+        return self.tracks
+
+    def update(self, detections: Sequence[Any], frame_index: int) -> list[Track]:
+        """Feed the detections of frame ``frame_index``; returns the live tracks in id order."""
         dets = [_as_box(d) for d in detections]
+        self._advance(frame_index)
+        frame_index = int(frame_index)
         pairs = []
         for ti, track in enumerate(self._tracks):
             for di, (box, _) in enumerate(dets):
-                iou = box_iou(track.raw_box, box)
+                iou = box_iou(track.box, box)
                 if iou >= self.iou_threshold:
                     pairs.append((-iou, ti, di))
         pairs.sort()
         used_t: set[int] = set()
         used_d: set[int] = set()
-        s = self.smoothing
+        gain = 1.0 - self.smoothing
         for _, ti, di in pairs:
             if ti in used_t or di in used_d:
                 continue
@@ -200,7 +224,11 @@ class FaceTracker:
             used_d.add(di)
             track = self._tracks[ti]
             box, score = dets[di]
-            track.box = tuple(s * o + (1.0 - s) * n for o, n in zip(track.box, box))  # type: ignore[assignment]
+            residual = [n - o for n, o in zip(box, track.box)]
+            dt = frame_index - track.last_seen
+            track.box = _valid_box(o + gain * r for o, r in zip(track.box, residual))
+            if self.velocity > 0 and dt > 0:
+                track.velocity = tuple(v + self.velocity * r / dt for v, r in zip(track.velocity, residual))  # type: ignore[assignment]
             track.raw_box = box
             track.score = score
             track.hits += 1
@@ -209,6 +237,7 @@ class FaceTracker:
         for ti, track in enumerate(self._tracks):
             if ti not in used_t:
                 track.misses += 1
+                track.velocity = tuple(0.5 * v for v in track.velocity)  # type: ignore[assignment]
         self._tracks = [t for t in self._tracks if t.misses < self.drop_after]
         for di, (box, score) in enumerate(dets):
             if di in used_d:
@@ -217,7 +246,8 @@ class FaceTracker:
             self._next_id += 1
             self.created += 1
             seed = None if self.base_seed is None else self.base_seed + tid
-            self._tracks.append(Track(tid, box, box, seed, score, first_frame=frame_index, last_seen=frame_index))
+            self._tracks.append(Track(tid, box, box, seed, score, first_frame=frame_index, last_seen=frame_index,
+                                      updated=frame_index))
         self._tracks.sort(key=lambda t: t.id)
         return self.tracks
 
@@ -247,27 +277,20 @@ def _is_url(source: Any) -> bool:
     return isinstance(source, str) and "://" in source
 
 
+@contextlib.contextmanager
 def _quiet_opencv():
-    """Context manager: OpenCV's own warnings off (a missing camera logs several)."""
-
-    class _Quiet:
-        def __enter__(self):
-            self.level = None
-            log = getattr(getattr(cv2, "utils", None), "logging", None)
-            if log is not None:
-                try:
-                    self.level = log.getLogLevel()
-                    log.setLogLevel(log.LOG_LEVEL_ERROR)
-                except Exception:  # pragma: no cover - very old OpenCV
-                    self.level = None
-            return self
-
-        def __exit__(self, *exc):
-            if self.level is not None:
-                cv2.utils.logging.setLogLevel(self.level)
-            return False
-
-    return _Quiet()
+    """OpenCV's own log warnings off for a moment (a missing camera logs several)."""
+    log = getattr(getattr(cv2, "utils", None), "logging", None)
+    try:
+        level = log.getLogLevel()
+        log.setLogLevel(log.LOG_LEVEL_ERROR)
+    except Exception:  # pragma: no cover - an OpenCV without cv2.utils.logging
+        level = None
+    try:
+        yield
+    finally:
+        if level is not None:
+            log.setLogLevel(level)
 
 
 def _camera_hint() -> str:
@@ -534,10 +557,7 @@ class VideoSink:
                              "out.mp4 (mp4v), out.avi (MJPG) or out.mkv (FFV1), or another --fourcc")
 
     def write(self, frame: np.ndarray) -> None:
-        if frame.ndim == 2:
-            frame = cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)
-        elif frame.shape[2] == 4:
-            frame = cv2.cvtColor(frame, cv2.COLOR_BGRA2BGR)
+        frame = to_bgr(frame)
         if (frame.shape[1], frame.shape[0]) != self.size:
             frame = cv2.resize(frame, self.size, interpolation=cv2.INTER_AREA)
         self._writer.write(np.ascontiguousarray(frame))
@@ -667,6 +687,7 @@ class DemoConfig:
     max_frames: Optional[int] = None
     iou_threshold: float = 0.3
     smoothing: float = 0.5
+    velocity: float = 0.3
     drop_after: int = 3
     fourcc: Optional[str] = None
     save_dir: str = "."
@@ -702,6 +723,8 @@ class DemoConfig:
             raise ValueError(f"strength must be a finite number >= 0, got {self.strength!r}")
         if not 0.0 <= self.smoothing < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
+        if not 0.0 <= self.velocity <= 1.0:
+            raise ValueError(f"velocity must be in [0, 1], got {self.velocity}")
         if not 0.0 < self.iou_threshold <= 1.0:
             raise ValueError(f"iou_threshold must be in (0, 1], got {self.iou_threshold}")
         if not (self.open_timeout > 0 and self.read_timeout > 0):
@@ -794,7 +817,8 @@ class DemoLoop:
         self.transfer = transfer
         self.display = display
         self.reader = reader
-        self.tracker = FaceTracker(config.iou_threshold, config.smoothing, config.drop_after, config.seed)
+        self.tracker = FaceTracker(config.iou_threshold, config.smoothing, config.drop_after, config.seed,
+                                   config.velocity)
         self.emotion = _emotion(config.emotion)
         self.show_original = False
         self.frame_index = 0
@@ -843,7 +867,7 @@ class DemoLoop:
             self.detections += 1
             tracks = self.tracker.update(faces, index)
         else:
-            tracks = self.tracker.tracks
+            tracks = self.tracker.predict(index)
         if tracks and not self.show_original:
             inner = tr.backend
             timed = _TimedBackend(inner)
