@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from fexsdk.emotions import EMOTIONS
-from fexsdk.metadata import ONNX_KEY, ModelMetadata, NoiseSite
+from fexsdk.metadata import ONNX_KEY, ModelMetadata, NoiseSite, read_onnx_metadata  # noqa: F401 (re-exported)
 from fexsdk.noise import draw_noise
 from training.checkpoint import generator_from_checkpoint, load_checkpoint
 from training.models import Generator
@@ -132,8 +132,6 @@ def parity(G: Generator, onnx_path: str | os.PathLike, batch: int = 3, seed: int
     """Max |PyTorch - onnxruntime| on the same random inputs and noise."""
     import onnxruntime as ort
 
-    from fexsdk.metadata import ModelMetadata as _M  # noqa: F401  (kept for readers: the metadata drives the feeds)
-
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     meta = read_onnx_metadata(onnx_path)
     feeds = sample_inputs(meta, batch, seed)
@@ -141,13 +139,3 @@ def parity(G: Generator, onnx_path: str | os.PathLike, batch: int = 3, seed: int
         ref = G.eval()(*(torch.from_numpy(feeds[k]) for k in feeds)).numpy()
     (out,) = sess.run(["output"], feeds)
     return float(np.abs(out - ref).max())
-
-
-def read_onnx_metadata(path: str | os.PathLike) -> ModelMetadata:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
-    if ONNX_KEY not in props:
-        raise ValueError(f"{path} has no fexsdk metadata; export it with `fex export onnx`")
-    return ModelMetadata.from_json(props[ONNX_KEY])

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from fexsdk._trt import BatchProfile, current_gpu, import_tensorrt
-from fexsdk.metadata import pack_engine
+from fexsdk.metadata import pack_engine, read_onnx_metadata
 
 VERBOSITY = ("error", "warning", "info", "verbose")
 
@@ -53,8 +53,6 @@ class EngineBuilder:
 
     def create_network(self, onnx_path: str | os.PathLike) -> None:
         """Step 1: parse the ONNX file and read its metadata."""
-        from export.onnx_export import read_onnx_metadata
-
         self.meta = read_onnx_metadata(onnx_path)
         self.network = self.builder.create_network(0)
         parser = self.trt.OnnxParser(self.network, self.logger)

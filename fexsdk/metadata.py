@@ -130,6 +130,21 @@ class ModelMetadata:
             raise ValueError(f"model has dropout sites but dropout_p={self.dropout_p}")
 
 
+def read_onnx_metadata(path) -> ModelMetadata:
+    """Metadata of an fexsdk ONNX file, read with the onnx package when present, else onnxruntime (no torch)."""
+    try:
+        import onnx
+
+        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    except ImportError:
+        import onnxruntime as ort
+
+        props = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    if ONNX_KEY not in props:
+        raise ValueError(f"{path} has no fexsdk metadata; export it with `fex export onnx`")
+    return ModelMetadata.from_json(props[ONNX_KEY])
+
+
 # -- TensorRT engine header ------------------------------------------------
 def pack_engine(meta: ModelMetadata, engine_bytes: bytes) -> bytes:
     """Engine file = magic + uint32 little-endian JSON length + JSON + serialized engine."""

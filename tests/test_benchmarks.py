@@ -1,0 +1,163 @@
+"""benchmarks/latency.py end to end on the tiny model, and the int8 model it makes (fexsdk.quantize)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+pytest.importorskip("onnx")
+
+CPU_BACKENDS = ("torch-cpu", "ort-cpu", "ort-cpu-int8")
+GPU_BACKENDS = ("torch-cuda", "torch-cuda-graph", "ort-cuda", "trt-fp32", "trt-fp16")
+STAGES = ("decode", "detect", "crop", "generate", "paste")
+
+
+@pytest.fixture(scope="module")
+def bench(tiny_onnx, tiny_checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("latency")
+    cmd = [
+        sys.executable, str(REPO / "benchmarks" / "latency.py"),
+        "--model", str(tiny_onnx), "--checkpoint", str(tiny_checkpoint),
+        "--batch-sizes", "1", "4", "--iters", "3", "--min-iters", "2", "--warmup", "1", "--max-seconds", "1",
+        "--pipeline-iters", "2", "--pipeline-backends", "ort-cpu", "--calib-count", "32", "--parity-count", "8",
+        # One thread: on a shared CI machine two spinning OpenMP threads can make PyTorch 100x slower.
+        "--threads", "1",
+        "--json", str(out / "latency.json"), "--keep-models", str(out / "models"),
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"latency.py failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return json.loads((out / "latency.json").read_text()), proc.stdout, out
+
+
+def _tiny_macs(cfg: dict) -> int:
+    """Multiply-adds of the generator's convolutions per face, from its config (the architecture in training/models.py)."""
+    d, s, c = cfg["conv_dim"], cfg["image_size"], cfg["in_channels"]
+    q, h = s // 4, s // 2
+    macs = s * s * d * (c + cfg["label_dim"]) * 49  # stem 7x7
+    macs += h * h * 2 * d * d * 16 + q * q * 4 * d * 2 * d * 16  # two stride-2 4x4 convs
+    macs += cfg["n_res"] * 2 * q * q * 4 * d * 4 * d * 9  # residual 3x3 pairs
+    macs += q * q * 4 * d * 2 * d * 16 + h * h * 2 * d * d * 16  # transposed convs, counted per input pixel
+    macs += s * s * c * d * 49  # head 7x7
+    return macs
+
+
+def test_rows_for_every_backend_available_here(bench):
+    res, stdout, _ = bench
+    rows = res["rows"]
+    for key in CPU_BACKENDS:
+        got = {r["batch"]: r for r in rows if r["backend"] == key}
+        assert sorted(got) == [1, 4], f"{key}: {sorted(got)}"
+        for r in got.values():
+            assert r["device"] == "cpu" and r["iters"] >= 2
+            assert 0 < r["min_ms"] <= r["p50_ms"] <= r["p95_ms"]
+            assert r["faces_per_s"] == pytest.approx(r["batch"] / (r["p50_ms"] / 1000))
+            assert r["speedup_vs_torch_eager"] > 0
+    assert {r["precision"] for r in rows if r["backend"] == "ort-cpu-int8"} == {"int8"}
+    assert all(r["speedup_vs_torch_eager"] == pytest.approx(1.0) for r in rows if r["backend"] == "torch-cpu")
+    for key in ("torch-cpu", "ort-cpu", "ort-cpu-int8"):
+        assert key in stdout
+    assert res["machine"]["cpu"]["name"] and res["machine"]["cpu"]["usable_cpus"] >= 1
+
+
+def test_gpu_backends_run_or_say_why_not(bench):
+    import onnxruntime as ort
+    import torch
+
+    res, stdout, _ = bench
+    skipped = {s["backend"]: s["reason"] for s in res["skipped"]}
+    timed = {r["backend"] for r in res["rows"]}
+    for key in GPU_BACKENDS:
+        assert (key in timed) != (key in skipped), key
+        if key in skipped:
+            assert len(skipped[key]) > 10 and key in stdout
+    if not torch.cuda.is_available():
+        assert "CUDA" in skipped["torch-cuda"] and "torch-cuda-graph" in skipped
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert "CUDAExecutionProvider" in skipped["ort-cuda"]
+    try:
+        from fexsdk._trt import import_tensorrt
+
+        import_tensorrt()
+    except ImportError:
+        for key in ("trt-fp32", "trt-fp16"):
+            assert "TensorRT" in skipped[key]
+    assert "skipped:" in stdout
+
+
+def test_flops_match_the_architecture(bench, tiny_checkpoint):
+    from training.checkpoint import load_checkpoint
+
+    res, _, _ = bench
+    cfg = load_checkpoint(tiny_checkpoint)["generator_config"]
+    assert res["flops"]["macs"] == _tiny_macs(cfg)
+    assert res["flops"]["flops"] == 2 * res["flops"]["macs"] and not res["flops"]["unknown_layers"]
+    cpu = res["peaks"]["cpu"]
+    assert cpu["gflops"] > 0 and cpu["bound_faces_per_s"] == pytest.approx(cpu["gflops"] * 1e9 / res["flops"]["flops"])
+
+
+def test_parity_and_pipeline_stages(bench):
+    res, stdout, _ = bench
+    assert res["parity_reference"] == "ort-cpu"
+    assert res["parity"]["torch-cpu"]["max_abs"] < 1e-4
+    q = res["parity"]["ort-cpu-int8"]
+    assert 0 < q["mean_abs"] <= q["max_abs"] < 0.6 and math.isfinite(q["max_abs"])
+    assert res["quantization"]["parity_vs_fp32"] == q
+    assert "parity vs ort-cpu" in stdout
+
+    (pipe,) = res["pipeline"]
+    assert pipe["backend"] == "ort-cpu"
+    configs = {(r["width"], r["height"], r["faces"]) for r in pipe["rows"]}
+    assert configs == {(640, 480, 1), (640, 480, 4), (1280, 720, 1), (1280, 720, 4)}
+    for r in pipe["rows"]:
+        assert set(r["stages_ms"]) == set(STAGES)
+        assert all(r["stages_ms"][s] > 0 for s in STAGES)
+        assert r["fps"] > 0 and r["total"]["p50_ms"] >= max(r["stages_ms"].values())
+    assert "synthetic" in pipe["frames"]  # no --data: the frames are made up and say so
+
+
+def test_int8_model_keeps_metadata_and_loads_in_transfer(bench, tiny_onnx):
+    import onnx
+
+    from fexsdk.metadata import ONNX_KEY, ModelMetadata
+    from fexsdk.quantize import QUANT_KEY
+    from fexsdk.transfer import Transfer
+
+    res, _, out = bench
+    (int8,) = sorted((out / "models").glob("*.int8.onnx"))
+    assert res["quantization"]["path"] == str(int8)
+    model = onnx.load(str(int8))
+    props = {p.key: p.value for p in model.metadata_props}
+    qmeta, fmeta = ModelMetadata.from_json(props[ONNX_KEY]), Transfer(tiny_onnx).meta
+    assert qmeta.precision == "int8"
+    assert {**asdict(qmeta), "precision": "fp32"} == asdict(fmeta)
+    assert json.loads(props[QUANT_KEY])["format"] == "QDQ"
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+
+    t8, t32 = Transfer(int8, device="cpu"), Transfer(tiny_onnx, device="cpu")
+    assert t8.meta.noise_size == t32.meta.noise_size > 0
+    crops = np.random.default_rng(0).integers(0, 256, (3, 48, 48), dtype=np.uint8)
+    a, b = t8.generate(crops, "happy", seed=1), t32.generate(crops, "happy", seed=1)
+    assert a.shape == b.shape == crops.shape and a.dtype == np.uint8
+    assert np.abs(a.astype(int) - b).mean() < 12
+    img = np.full((120, 160, 3), 90, np.uint8)
+    result = t8.apply(img, "sad", faces=[(40, 20, 80, 80)], seed=0)
+    assert result.shape == img.shape
+
+
+def test_quantize_refuses_bad_calibration_crops(tiny_onnx, tmp_path):
+    from fexsdk.quantize import quantize_onnx
+
+    with pytest.raises(ValueError, match="shape"):
+        quantize_onnx(tiny_onnx, tmp_path / "q.onnx", np.zeros((4, 32, 32), np.uint8))
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        quantize_onnx(tiny_onnx, tmp_path / "q.onnx", np.full((4, 48, 48), 3.0, np.float32))
+    with pytest.raises(ValueError, match="at least one"):
+        quantize_onnx(tiny_onnx, tmp_path / "q.onnx", np.zeros((0, 48, 48), np.uint8))
