@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -144,6 +145,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--fp16", action="store_true", help="half-precision weights and activations (float32 inputs/outputs)")
     o.add_argument("--no-check", action="store_true", help="skip the PyTorch vs onnxruntime parity check")
     o.set_defaults(func=_run_export_onnx)
+    c = kinds.add_parser("classifier", help="classifier checkpoint -> fp16 safetensors + JSON card (needs [train])")
+    c.add_argument("checkpoint")
+    c.add_argument("-o", "--output", default="training/weights/resnet18_fer2013.safetensors")
+    c.add_argument("--data", help="evaluate on this data's PublicTest split and record the scores in the card")
+    c.set_defaults(func=_run_export_classifier)
     e = kinds.add_parser("engine", help="ONNX -> TensorRT engine (needs a GPU and the [trt] or [trt-rtx] extra)")
     e.add_argument("onnx")
     e.add_argument("-o", "--output", default="model.engine")
@@ -166,6 +172,30 @@ def _run_export_onnx(args: argparse.Namespace) -> int:
     if not args.no_check:
         print(f"parity: max |PyTorch - onnxruntime| = {report.max_abs_diff:.2e} (bound {report.tolerance:.0e})")
     print(f"use it: fex apply photo.jpg -e surprise -o out.jpg --model {report.path}")
+    return 0
+
+
+def _run_export_classifier(args: argparse.Namespace) -> int:
+    require("torch", "train", "fex export classifier")
+    require("safetensors", "train", "fex export classifier")
+    import torch
+
+    from training.classifier import export_classifier, load_classifier
+    from training.data import load_dataset
+    from training.evaluate import evaluate
+    from training.trainer import git_commit
+
+    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=True)
+    card = {"architecture": "ResNet18, 3x3 stride-2 stem, no max-pool, 48x48 gray", "epoch": ckpt.get("epoch"),
+            "train_config": ckpt.get("train_config"), "commit": git_commit(), "source_checkpoint": str(args.checkpoint)}
+    path = export_classifier(args.checkpoint, args.output, card)
+    if args.data:
+        result = evaluate(load_dataset(args.data, "public"), load_classifier(path), None, progress=False)
+        card.update(data=str(args.data), split="PublicTest", accuracy=result.accuracy_real,
+                    per_class_accuracy=result.per_class_real, confusion=result.confusion_real)
+        path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+        print(f"PublicTest accuracy of the fp16 classifier: {100 * result.accuracy_real:.2f}%")
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {path.with_suffix('.json')}")
     return 0
 
 
