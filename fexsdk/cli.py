@@ -145,6 +145,12 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--fp16", action="store_true", help="half-precision weights and activations (float32 inputs/outputs)")
     o.add_argument("--no-check", action="store_true", help="skip the PyTorch vs onnxruntime parity check")
     o.set_defaults(func=_run_export_onnx)
+    q = kinds.add_parser("int8", help="ONNX -> int8 (QDQ) ONNX for fast CPU inference, calibrated on real faces")
+    q.add_argument("onnx")
+    q.add_argument("-o", "--output", required=True)
+    q.add_argument("--data", required=True, help="FER2013 csv/folder/npz: calibration faces from its Training split")
+    q.add_argument("--count", type=int, default=256, help="number of calibration faces")
+    q.set_defaults(func=_run_export_int8)
     c = kinds.add_parser("classifier", help="classifier checkpoint -> fp16 safetensors + JSON card (needs [train])")
     c.add_argument("checkpoint")
     c.add_argument("-o", "--output", default="training/weights/resnet18_fer2013.safetensors")
@@ -171,6 +177,21 @@ def _run_export_onnx(args: argparse.Namespace) -> int:
           f"{report.metadata.preset or '?'}, noise size {report.metadata.noise_size})")
     if not args.no_check:
         print(f"parity: max |PyTorch - onnxruntime| = {report.max_abs_diff:.2e} (bound {report.tolerance:.0e})")
+    print(f"use it: fex apply photo.jpg -e surprise -o out.jpg --model {report.path}")
+    return 0
+
+
+def _run_export_int8(args: argparse.Namespace) -> int:
+    require("onnx", "train", "fex export int8")
+    from fexsdk.metadata import read_onnx_metadata
+    from fexsdk.quantize import quantize_onnx
+    from training.data import load_dataset
+
+    meta = read_onnx_metadata(args.onnx)
+    faces = load_dataset(args.data, "train", meta.image_size, meta.channels).images[: args.count]
+    report = quantize_onnx(args.onnx, args.output, faces)
+    print(f"wrote {report.path} ({report.size_bytes / 1e6:.2f} MB, {report.quantized_nodes} quantized nodes, "
+          f"calibrated on {report.calibration_count} faces)")
     print(f"use it: fex apply photo.jpg -e surprise -o out.jpg --model {report.path}")
     return 0
 

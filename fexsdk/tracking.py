@@ -1,0 +1,174 @@
+"""Face tracks for live video: turns a detector that runs every few frames into stable,
+smoothed boxes, each with its own noise seed, so transferred faces do not jitter or flicker."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+from fexsdk.faces import box_iou
+
+__all__ = ["Box", "FaceTracker", "Track"]
+
+Box = tuple[float, float, float, float]
+
+
+def _as_box(det: Any) -> tuple[Box, float]:
+    """A Face (``.box``, ``.score``) or an (x, y, w, h) sequence -> (box, score)."""
+    box = getattr(det, "box", det)
+    score = float(getattr(det, "score", 1.0))
+    try:
+        x, y, w, h = (float(v) for v in box)
+    except (TypeError, ValueError):
+        raise ValueError(f"a detection must be a Face or an (x, y, w, h) box, got {det!r}") from None
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
+        raise ValueError(f"a detection box needs finite values and positive width and height, got {det!r}")
+    return (x, y, w, h), score
+
+
+@dataclass
+class Track:
+    """One tracked face.
+
+    ``box`` is the smoothed (x, y, w, h) box used for the transfer, as of frame
+    ``updated``; ``velocity`` its estimated change per frame (zero when the
+    tracker does not predict). ``raw_box`` is the last detection matched to the
+    track. ``seed`` fixes the face's dropout noise for the track's whole life
+    (None: fresh noise every frame). ``misses`` counts the detections in a row
+    that did not see the face.
+    """
+
+    id: int
+    box: Box
+    raw_box: Box
+    seed: Optional[int]
+    score: float = 1.0
+    hits: int = 1
+    misses: int = 0
+    first_frame: int = 0
+    last_seen: int = 0
+    updated: int = 0
+    velocity: Box = (0.0, 0.0, 0.0, 0.0)
+
+
+def _valid_box(box: Sequence[float]) -> Box:
+    x, y, w, h = box
+    return (float(x), float(y), max(float(w), 1.0), max(float(h), 1.0))
+
+
+class FaceTracker:
+    """Boxes from a detector that runs every few frames -> stable, smoothed face tracks.
+
+    Args:
+        iou_threshold: a detection continues a track when their boxes overlap at least this much.
+        smoothing: weight of the track's own (predicted) box against a new detection, in [0, 1)
+            (0: jump to each detection; 0.5: move half-way).
+        drop_after: a track not seen for this many detections in a row is dropped.
+        base_seed: track ``i`` gets the noise seed ``base_seed + i``; None gives every track ``seed=None``.
+        velocity: gain of the velocity estimate, in [0, 1]. 0 holds each box still between
+            detections (a plain moving average); above 0 the box also moves on at the face's
+            estimated speed between detections (an alpha-beta filter), so a moving face stays
+            under its box (on a face moving 2 px/frame with detection every 3 frames, this
+            halves the flicker, see ``benchmarks/flicker.py --motion 2``).
+
+    Matching is greedy on IoU (the best-overlapping pair first), against each
+    track's box predicted for the detection's frame. Call :meth:`update` on
+    frames where the detector ran and :meth:`predict` on the frames in between.
+    """
+
+    def __init__(self, iou_threshold: float = 0.3, smoothing: float = 0.5, drop_after: int = 3,
+                 base_seed: Optional[int] = 0, velocity: float = 0.3) -> None:
+        if not 0.0 < float(iou_threshold) <= 1.0:
+            raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+        if not 0.0 <= float(smoothing) < 1.0:
+            raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+        if not 0.0 <= float(velocity) <= 1.0:
+            raise ValueError(f"velocity must be in [0, 1], got {velocity}")
+        if isinstance(drop_after, bool) or int(drop_after) != drop_after or drop_after < 1:
+            raise ValueError(f"drop_after must be an integer >= 1, got {drop_after}")
+        self.iou_threshold = float(iou_threshold)
+        self.smoothing = float(smoothing)
+        self.velocity = float(velocity)
+        self.drop_after = int(drop_after)
+        self.base_seed = None if base_seed is None else int(base_seed)
+        self._tracks: list[Track] = []
+        self._next_id = 0
+        self._last_frame: Optional[int] = None
+        #: Tracks created so far (ids are never reused).
+        self.created = 0
+
+    @property
+    def tracks(self) -> list[Track]:
+        """The live tracks, in id order."""
+        return list(self._tracks)
+
+    def reset(self) -> None:
+        """Forget every track (ids keep counting up, so seeds are not reused)."""
+        self._tracks = []
+        self._last_frame = None
+
+    def _advance(self, frame_index: int) -> None:
+        frame_index = int(frame_index)
+        if self._last_frame is not None and frame_index < self._last_frame:
+            raise ValueError(f"frame_index went backwards ({frame_index} after {self._last_frame})")
+        self._last_frame = frame_index
+        for t in self._tracks:
+            dt = frame_index - t.updated
+            if dt > 0 and any(t.velocity):
+                t.box = _valid_box(b + v * dt for b, v in zip(t.box, t.velocity))
+            t.updated = frame_index
+
+    def predict(self, frame_index: int) -> list[Track]:
+        """The live tracks with their boxes moved on to ``frame_index`` (a frame without detection)."""
+        self._advance(frame_index)
+        return self.tracks
+
+    def update(self, detections: Sequence[Any], frame_index: int) -> list[Track]:
+        """Feed the detections of frame ``frame_index``; returns the live tracks in id order."""
+        dets = [_as_box(d) for d in detections]
+        self._advance(frame_index)
+        frame_index = int(frame_index)
+        pairs = []
+        for ti, track in enumerate(self._tracks):
+            for di, (box, _) in enumerate(dets):
+                iou = box_iou(track.box, box)
+                if iou >= self.iou_threshold:
+                    pairs.append((-iou, ti, di))
+        pairs.sort()
+        used_t: set[int] = set()
+        used_d: set[int] = set()
+        gain = 1.0 - self.smoothing
+        for _, ti, di in pairs:
+            if ti in used_t or di in used_d:
+                continue
+            used_t.add(ti)
+            used_d.add(di)
+            track = self._tracks[ti]
+            box, score = dets[di]
+            residual = [n - o for n, o in zip(box, track.box)]
+            dt = frame_index - track.last_seen
+            track.box = _valid_box(o + gain * r for o, r in zip(track.box, residual))
+            if self.velocity > 0 and dt > 0:
+                track.velocity = tuple(v + self.velocity * r / dt for v, r in zip(track.velocity, residual))  # type: ignore[assignment]
+            track.raw_box = box
+            track.score = score
+            track.hits += 1
+            track.misses = 0
+            track.last_seen = frame_index
+        for ti, track in enumerate(self._tracks):
+            if ti not in used_t:
+                track.misses += 1
+                track.velocity = tuple(0.5 * v for v in track.velocity)  # type: ignore[assignment]
+        self._tracks = [t for t in self._tracks if t.misses < self.drop_after]
+        for di, (box, score) in enumerate(dets):
+            if di in used_d:
+                continue
+            tid = self._next_id
+            self._next_id += 1
+            self.created += 1
+            seed = None if self.base_seed is None else self.base_seed + tid
+            self._tracks.append(Track(tid, box, box, seed, score, first_frame=frame_index, last_seen=frame_index,
+                                      updated=frame_index))
+        self._tracks.sort(key=lambda t: t.id)
+        return self.tracks
