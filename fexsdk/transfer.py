@@ -80,11 +80,13 @@ class Transfer:
         detector: "haar" (default, needs no file), a YuNet ``.onnx`` path, an SSD ``.pb`` path, or a detector object.
         blend: "residual" (default: add the generator's change to the luminance) or "replace" (paste its output).
         threads: CPU threads for onnxruntime (None: its default).
+        smooth: filter the generator's change before pasting it back, removing the checkerboard
+            artefacts of its transposed convolutions (residual blend only).
     """
 
     def __init__(self, model: Union[str, os.PathLike, None] = None, device: str = "auto",
                  detector: Union[str, os.PathLike, FaceDetector, None] = None, blend: str = "residual",
-                 threads: Optional[int] = None) -> None:
+                 threads: Optional[int] = None, smooth: bool = True) -> None:
         if blend not in BLEND_MODES:
             raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
         if model is None:
@@ -95,6 +97,7 @@ class Transfer:
         self.meta = self.backend.meta
         self.detector = make_detector(detector)
         self.blend = blend
+        self.smooth = smooth
 
     def __repr__(self) -> str:
         return f"Transfer(backend={self.backend.name}, preset={self.meta.preset!r}, detector={self.detector.name})"
@@ -161,7 +164,7 @@ class Transfer:
         crops = extract_crops(image, boxes, m.image_size, m.channels)
         x = crops.astype(np.float32) / 127.5 - 1.0
         y = self.run_model(x, target, seed, noise)
-        out = paste_back(image, boxes, x, y, strength=strength, blend=self.blend)
+        out = paste_back(image, boxes, x, y, strength=strength, blend=self.blend, smooth=self.smooth)
         return TransferResult(out, found, boxes, x, y)
 
     def apply(self, image, target: Union[Target, Sequence[Target]], *, faces: Optional[Sequence[FaceSpec]] = None,

@@ -295,3 +295,20 @@ def test_float64_model_arrays_accepted():
     x = model_in(img, [BOX]).astype(np.float64)
     out = paste_back(img, [BOX], x, x + 0.1)
     assert out.dtype == np.uint8 and not np.array_equal(out, img)
+
+
+def test_smoothing_removes_checkerboard_but_keeps_broad_changes():
+    from fexsdk.crops import CropBox
+    from fexsdk.paste import paste_back
+
+    img = np.full((120, 120, 3), 100, np.uint8)
+    box = [CropBox(10, 10, 96)]
+    x = np.zeros((1, 1, 48, 48), np.float32)
+    yy, xx = np.mgrid[:48, :48]
+    checker = (((yy + xx) % 2) * 2 - 1).astype(np.float32) * 0.2  # the transposed-conv artefact
+    out_smooth = paste_back(img, box, x, x + checker[None, None])
+    out_raw = paste_back(img, box, x, x + checker[None, None], smooth=False)
+    assert np.abs(out_smooth.astype(int) - img).max() <= 1
+    assert np.abs(out_raw.astype(int) - img).max() > 10
+    broad = np.full((1, 1, 48, 48), 0.2, np.float32)  # a smooth change survives
+    assert np.abs(paste_back(img, box, x, x + broad).astype(int) - img).max() > 10
