@@ -31,6 +31,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="force the perceptual (feature) cycle loss on or off (default: the preset's)")
     p.add_argument("--perceptual-start-epoch", type=float, help="epoch the perceptual loss switches in (preset: 40)")
     p.add_argument("--perceptual-mode", choices=["replace", "add"], help="feature loss replaces or adds to the pixel loss")
+    p.add_argument("--lambda-cls", type=float, help="weight of the classification loss (preset: 1, StarGAN's)")
+    p.add_argument("--conv-dim", type=int, help="base channels of G and D (overrides the preset's width)")
+    p.add_argument("--n-res", type=int, help="residual blocks in G (overrides the preset's depth)")
     p.add_argument("--image-size", type=int, default=48)
     p.add_argument("--channels", type=int, default=1, choices=[1, 3])
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 autocast (fast on AVX-512 BF16 CPUs)")
@@ -58,7 +61,8 @@ def _run_train(args: argparse.Namespace) -> int:
         preset=args.preset, data=args.data, synthetic=args.synthetic, second_domain=args.second_domain, out=args.out,
         epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr_g=args.lr_g, lr_d=args.lr_d,
         n_critic=args.n_critic, decay_start=args.decay_start, input_skip=args.input_skip, perceptual=args.perceptual, perceptual_start_epoch=args.perceptual_start_epoch,
-        perceptual_mode=args.perceptual_mode, image_size=args.image_size, channels=args.channels,
+        perceptual_mode=args.perceptual_mode, lambda_cls=args.lambda_cls, conv_dim=args.conv_dim, n_res=args.n_res,
+        image_size=args.image_size, channels=args.channels,
         precision=args.precision, device=args.device, threads=args.threads, seed=args.seed, log_every=args.log_every,
         sample_every=args.sample_every, ckpt_every=args.ckpt_every, resume=args.resume, progress=not args.no_progress,
     )

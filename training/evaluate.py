@@ -108,6 +108,9 @@ def evaluate(data: FaceDataset, classifier: ResNet18, generator: Optional[str] =
         return result
     backend = load_backend(generator, device="auto")
     meta = backend.meta
+    if not meta.noise_sites:  # no test-time dropout: every seed gives the same images
+        seeds = list(seeds)[:1]
+        result.seeds = seeds
     if (meta.channels, meta.image_size) != (classifier.config.in_channels, classifier.config.image_size):
         raise ValueError(f"generator makes {meta.channels}x{meta.image_size}x{meta.image_size} images but the "
                          f"classifier expects {classifier.config.in_channels}x{classifier.config.image_size}")

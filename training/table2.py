@@ -2,6 +2,7 @@
 
     python -m training.table2 --data ../shared/data/fer2013.npz --classifier CLS.safetensors \\
         --out runs/table2 --epochs 2 --precision bf16 [--presets stargan skip-dropout] [--resume]
+        [--conv-dim 32 --n-res 3]   # the CPU-sized budget
 
 Each preset trains in ``OUT/<preset>`` (resumable: rerun with --resume after a kill), is
 evaluated into ``OUT/eval/<preset>``, and the combined table is written to ``OUT/table2.md``.
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+import torch
 
 from training.classifier import load_classifier
 from training.data import load_dataset
@@ -30,6 +33,8 @@ def main() -> None:
     p.add_argument("--epochs", type=float, default=2.0, help="the same budget for every preset")
     p.add_argument("--perceptual-start-epoch", type=float,
                    help="when the feature loss switches in (default: at 40%% of the budget; the report: epoch 40)")
+    p.add_argument("--conv-dim", type=int, help="G and D base channels for every preset (the report: 64)")
+    p.add_argument("--n-res", type=int, help="G residual blocks for every preset (the report: 6)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
     p.add_argument("--device", default="auto")
@@ -39,6 +44,8 @@ def main() -> None:
     args = p.parse_args()
 
     out = Path(args.out)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     clf = load_classifier(args.classifier)
     test = load_dataset(args.data, "public")
     results = [evaluate(test, clf, None, classifier_name=args.classifier, progress=False)]
@@ -48,7 +55,7 @@ def main() -> None:
         run = out / preset
         cfg = TrainConfig(preset=preset, data=args.data, out=str(run), epochs=args.epochs, batch_size=args.batch_size,
                           precision=args.precision, device=args.device, threads=args.threads,
-                          perceptual_start_epoch=start, resume=args.resume and (run / "last.pt").exists(),
+                          perceptual_start_epoch=start, conv_dim=args.conv_dim, n_res=args.n_res, resume=args.resume and (run / "last.pt").exists(),
                           sample_every=2000, ckpt_every=500)
         trainer = Trainer(cfg)
         if trainer.step < trainer.total_steps:

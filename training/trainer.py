@@ -65,6 +65,11 @@ class TrainConfig:
     perceptual: Optional[bool] = None
     perceptual_start_epoch: Optional[float] = None
     perceptual_mode: Optional[str] = None
+    #: Weight of the domain-classification loss (None keeps the preset's, StarGAN's 1).
+    lambda_cls: Optional[float] = None
+    #: Width and depth overrides: G and D base channels, G residual blocks (None keeps the preset's).
+    conv_dim: Optional[int] = None
+    n_res: Optional[int] = None
     image_size: int = 48
     channels: int = 1
     resume: bool = False
@@ -75,6 +80,10 @@ class TrainConfig:
             raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2, got {self.batch_size}")
+        if self.conv_dim is not None and self.conv_dim < 1 or self.n_res is not None and self.n_res < 0:
+            raise ValueError(f"conv_dim must be >= 1 and n_res >= 0, got {self.conv_dim} and {self.n_res}")
+        if self.lambda_cls is not None and self.lambda_cls < 0:
+            raise ValueError(f"lambda_cls must be >= 0, got {self.lambda_cls}")
         if self.n_critic < 1:
             raise ValueError(f"n_critic must be >= 1, got {self.n_critic}")
         if not 0.0 <= self.decay_start <= 1.0:
@@ -180,6 +189,8 @@ class Trainer:
             self.loss_cfg.perceptual_start_epoch = cfg.perceptual_start_epoch
         if cfg.perceptual_mode is not None:
             self.loss_cfg.perceptual_mode = cfg.perceptual_mode
+        if cfg.lambda_cls is not None:
+            self.loss_cfg.lambda_cls = cfg.lambda_cls
         self.loss_cfg.validate()
 
         self.domains, self.val = self._load_data()
@@ -191,9 +202,14 @@ class Trainer:
         gcfg.update(in_channels=cfg.channels, image_size=cfg.image_size, label_dim=label_dim)
         if cfg.input_skip is not None:
             gcfg["input_skip"] = cfg.input_skip
+        if cfg.conv_dim is not None:
+            gcfg["conv_dim"] = cfg.conv_dim
+        if cfg.n_res is not None:
+            gcfg["n_res"] = cfg.n_res
         self.G = Generator(**gcfg).to(self.device)
         self.D = Discriminator(in_channels=cfg.channels, image_size=cfg.image_size,
-                               num_classes=NUM_EMOTIONS * self.n_domains, conv_dim=preset.d_conv_dim).to(self.device)
+                               num_classes=NUM_EMOTIONS * self.n_domains,
+                               conv_dim=cfg.conv_dim or preset.d_conv_dim).to(self.device)
         self.opt_g = torch.optim.Adam(self.G.parameters(), cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
         self.opt_d = torch.optim.Adam(self.D.parameters(), cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
         if self.world > 1:  # start every rank from rank 0's weights
