@@ -66,6 +66,7 @@ def test_identity_generator_scores(tmp_path):
     # Unchanged images match exactly one of the 7 targets each: 1/7, whatever the classifier says.
     assert result.accuracy_generated == pytest.approx(1 / 7)
     assert result.accuracy_generated_spread == 0.0
+    assert result.seeds == [0]  # no dropout: a second seed would repeat the same images
     assert result.realism_fd == pytest.approx(0.0, abs=1e-3)
 
 

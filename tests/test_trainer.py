@@ -111,6 +111,25 @@ def test_bad_config_errors(tmp_path):
         Trainer(_cfg(tmp_path, synthetic=0, data=str(tmp_path / "missing.npz")))
 
 
+def test_width_depth_and_lambda_cls_overrides(tmp_path):
+    t = Trainer(_cfg(tmp_path, preset="stargan", conv_dim=8, n_res=2))
+    assert t.G.config.conv_dim == 8 and t.G.config.n_res == 2
+    assert t.D.layers[0][0].out_channels == 8
+    t.fit()
+    G = generator_from_checkpoint(load_checkpoint(tmp_path / "run" / "last.pt"))
+    assert (G.config.conv_dim, G.config.n_res) == (8, 2)
+    # The validation score is lambda_cls * CE + lambda_rec * L1: same weights, same batch, so the
+    # difference between lambda_cls 2 and 0 is exactly twice the (positive) cross-entropy.
+    s0 = Trainer(_cfg(tmp_path / "a", lambda_cls=0.0)).validate()
+    s2 = Trainer(_cfg(tmp_path / "b", lambda_cls=2.0)).validate()
+    s1 = Trainer(_cfg(tmp_path / "c", lambda_cls=1.0)).validate()
+    assert s2 - s0 == pytest.approx(2 * (s1 - s0), rel=1e-4) and s1 > s0
+    with pytest.raises(ValueError, match="lambda_cls"):
+        Trainer(_cfg(tmp_path, lambda_cls=-1.0))
+    with pytest.raises(ValueError, match="conv_dim"):
+        Trainer(_cfg(tmp_path, conv_dim=0))
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
