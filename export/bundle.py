@@ -1,9 +1,12 @@
 """Package a trained generator as the model that ships inside fexsdk.
 
     python -m export.bundle runs/NAME/last.pt [--eval runs/eval/NAME] [--command "how it was trained"]
+        [--grid-data ../shared/data/fer2013.npz --grid docs/grid-default.png]
 
 Exports FP32 ONNX (with parity check) to ``fexsdk/models/default.onnx`` and writes
 the model card ``fexsdk/models/default.json`` (data, preset, steps, scores, command).
+With ``--grid-data`` it also draws PublicTest faces and their 7 generated expressions
+from the exported file, as the runtime sees it.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import json
 from pathlib import Path
 
 from export.onnx_export import export_onnx
-from fexsdk.transfer import DEFAULT_MODEL
+from fexsdk.emotions import EMOTIONS
+from fexsdk.transfer import DEFAULT_MODEL, Transfer
 from training.checkpoint import load_checkpoint
 
 MAX_BYTES = 20 * 1024 * 1024
@@ -46,14 +50,43 @@ def bundle(checkpoint: str, eval_dir: str | None = None, command: str = "") -> P
     return DEFAULT_MODEL
 
 
+def draw_grid(model: str | Path, data: str, out: str | Path, per_class: int = 2, seed: int = 0,
+              scale: int = 2) -> Path:
+    """Rows: the first ``per_class`` PublicTest faces of each emotion; columns: the input, then the 7 targets."""
+    import cv2
+    import numpy as np
+
+    from training.data import load_dataset
+
+    test = load_dataset(data, "public")
+    rows = np.concatenate([np.flatnonzero(test.labels == k)[:per_class] for k in range(len(EMOTIONS))])
+    faces = test.images[rows, 0]
+    tr = Transfer(str(model), device="cpu")
+    cols = [faces] + [tr.generate(faces, emotion, seed=seed) for emotion in EMOTIONS]
+    grid = np.concatenate([np.concatenate(list(col), axis=0) for col in cols], axis=1)
+    grid = cv2.resize(grid, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    cell = faces.shape[-1] * scale
+    header = np.full((22, grid.shape[1]), 255, np.uint8)
+    for j, name in enumerate(["input", *EMOTIONS]):
+        cv2.putText(header, name, (j * cell + 4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.4, 0, 1, cv2.LINE_AA)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), np.concatenate([header, grid], axis=0))
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
     p.add_argument("--eval", help="a `fex eval` output folder whose results go into the card")
     p.add_argument("--command", default="", help="the training command, recorded in the card")
+    p.add_argument("--grid-data", help="FER2013 file whose PublicTest faces go into a sample grid")
+    p.add_argument("--grid", default="docs/grid-default.png", help="where the sample grid goes")
     args = p.parse_args()
     path = bundle(args.checkpoint, args.eval, args.command)
     print(f"wrote {path} and {path.with_suffix('.json')}")
+    if args.grid_data:
+        print(f"wrote {draw_grid(path, args.grid_data, args.grid)}")
 
 
 if __name__ == "__main__":
