@@ -44,6 +44,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-every", type=int, default=500)
     p.add_argument("--ckpt-every", type=int, default=500)
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt")
+    p.add_argument("--time-limit", type=float, metavar="MIN",
+                   help="stop cleanly after MIN minutes with a checkpoint; rerun with --resume to go on")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
     p.set_defaults(func=_run_train)
 
@@ -51,7 +53,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     require("torch", "train", "fex train")
     from training.presets import get_preset, list_presets
-    from training.trainer import TrainConfig, train
+    from training.trainer import TrainConfig, Trainer
 
     if args.list_presets:
         for name in list_presets():
@@ -65,8 +67,12 @@ def _run_train(args: argparse.Namespace) -> int:
         image_size=args.image_size, channels=args.channels,
         precision=args.precision, device=args.device, threads=args.threads, seed=args.seed, log_every=args.log_every,
         sample_every=args.sample_every, ckpt_every=args.ckpt_every, resume=args.resume, progress=not args.no_progress,
+        time_limit_min=args.time_limit,
     )
-    out = train(cfg)
+    trainer = Trainer(cfg)
+    out = trainer.fit()
+    if trainer.step < trainer.total_steps:  # stopped by --time-limit; the trainer said how to go on
+        return 0
     print(f"done: checkpoints in {out}/last.pt and {out}/best.pt, losses in {out}/losses.png")
     print(f"export it with: fex export onnx {out}/last.pt -o model.onnx")
     return 0

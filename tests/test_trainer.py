@@ -130,6 +130,17 @@ def test_width_depth_and_lambda_cls_overrides(tmp_path):
         Trainer(_cfg(tmp_path, conv_dim=0))
 
 
+def test_time_limit_stops_with_a_checkpoint_and_resume_finishes(tmp_path):
+    t = Trainer(_cfg(tmp_path, max_steps=8, time_limit_min=1e-9))  # out of time at the first log step
+    t.fit()
+    assert t.step == 2 and load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 2
+    t2 = Trainer(_cfg(tmp_path, max_steps=8, resume=True))
+    t2.fit()
+    assert t2.step == 8 and load_checkpoint(tmp_path / "run" / "last.pt")["step"] == 8
+    with pytest.raises(ValueError, match="time_limit_min"):
+        Trainer(_cfg(tmp_path, time_limit_min=0))
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")

@@ -74,6 +74,9 @@ class TrainConfig:
     channels: int = 1
     resume: bool = False
     progress: bool = True
+    #: Stop cleanly (checkpoint written) after this many minutes; rerun with ``resume`` to go on.
+    #: For leased machines that give a run a fixed slice of time.
+    time_limit_min: Optional[float] = None
 
     def validate(self) -> None:
         if self.precision not in ("fp32", "bf16"):
@@ -82,6 +85,8 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 2, got {self.batch_size}")
         if self.conv_dim is not None and self.conv_dim < 1 or self.n_res is not None and self.n_res < 0:
             raise ValueError(f"conv_dim must be >= 1 and n_res >= 0, got {self.conv_dim} and {self.n_res}")
+        if self.time_limit_min is not None and not self.time_limit_min > 0:
+            raise ValueError(f"time_limit_min must be > 0 minutes, got {self.time_limit_min}")
         if self.lambda_cls is not None and self.lambda_cls < 0:
             raise ValueError(f"lambda_cls must be >= 0, got {self.lambda_cls}")
         if self.n_critic < 1:
@@ -402,6 +407,15 @@ class Trainer:
                     cols.append(self.G(x, c).float().cpu().numpy())
         save_grid(cols, path)
 
+    def _out_of_time(self, deadline: float) -> bool:
+        """Whether the time limit has passed, agreed by all ranks (rank 0's clock decides)."""
+        if deadline == math.inf:
+            return False
+        flag = torch.tensor(float(time.monotonic() > deadline), device=self.device)
+        if self.world > 1:
+            dist.broadcast(flag, 0)
+        return bool(flag.item())
+
     def fit(self, stop_at: Optional[int] = None) -> Path:
         """Train to ``total_steps`` (or stop early at ``stop_at``, as a kill would); returns the output folder."""
         cfg = self.cfg
@@ -414,6 +428,7 @@ class Trainer:
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
         t0, n_img = time.perf_counter(), 0
+        deadline = time.monotonic() + 60 * cfg.time_limit_min if cfg.time_limit_min else math.inf
         while self.step < end:
             logs = self.train_step()
             n_img += cfg.batch_size * self.world
@@ -421,7 +436,7 @@ class Trainer:
                 sums[k] = sums.get(k, 0.0) + v
                 counts[k] = counts.get(k, 0) + 1
             bar.update(1)
-            last = self.step == end
+            last = self.step == end or (self.step % cfg.log_every == 0 and self._out_of_time(deadline))
             if self.is_main and (self.step % cfg.log_every == 0 or last):
                 means = {k: sums[k] / counts[k] if counts.get(k) else math.nan for k in LOG_KEYS}
                 means["epoch"] = self.epoch
@@ -441,7 +456,11 @@ class Trainer:
                         self.best = score
                         self.save("best.pt")
                     self.save("last.pt")
+            if last:
+                break
         bar.close()
+        if self.is_main and self.step < self.total_steps and stop_at is None:
+            print(f"time limit reached at step {self.step}/{self.total_steps}; continue with --resume", flush=True)
         if self.is_main:
             log.close()
             plot_losses(self.out / "scalars.csv", self.out / "losses.png")
