@@ -153,3 +153,24 @@ def test_cli_export_prints_parity_and_next_command(tiny_checkpoint, tmp_path):
     assert "parity: max |PyTorch - onnxruntime|" in proc.stdout
     assert f"--model {out}" in proc.stdout
     assert out.is_file()
+
+
+def test_bundle_grid_shows_each_class_and_every_target(tiny_onnx, tmp_path):
+    import cv2
+
+    from export.bundle import draw_grid
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(7), 3)
+    images = rng.integers(0, 256, (len(labels), 48, 48), dtype=np.uint8)
+    usage = np.ones(len(labels), np.int64)  # all PublicTest
+    np.savez(tmp_path / "mini.npz", images=images, labels=labels, usage=usage)
+    out = draw_grid(tiny_onnx, str(tmp_path / "mini.npz"), tmp_path / "grid.png", per_class=2, scale=1)
+    grid = cv2.imread(str(out), cv2.IMREAD_GRAYSCALE)
+    assert grid.shape == (22 + 7 * 2 * 48, 8 * 48)  # header + 2 faces per class; input + 7 targets
+    body = grid[22:]
+    # Column 0 holds the inputs, the first two of each class, in class order.
+    first = np.concatenate([images[labels == k][:2] for k in range(7)])
+    assert np.array_equal(body[:, :48], np.concatenate(list(first), axis=0))
+    # The generated columns differ from one another (the target label is used).
+    assert not np.array_equal(body[:, 48:96], body[:, 96:144])
