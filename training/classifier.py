@@ -134,6 +134,20 @@ def predict(model: ResNet18, images: torch.Tensor, batch: int = 256, features: b
     return torch.cat(outs).numpy() if outs else np.zeros((0, NUM_EMOTIONS), np.float32)
 
 
+@torch.no_grad()
+def predict_with_features(model: ResNet18, images: torch.Tensor, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and penultimate features in one pass (the evaluation needs both)."""
+    model.eval()
+    logits, feats = [], []
+    for i in range(0, len(images), batch):
+        f = model.features(images[i : i + batch])
+        feats.append(f.float())
+        logits.append(model.fc(model.drop(f)).float())
+    if not feats:
+        return np.zeros((0, NUM_EMOTIONS), np.float32), np.zeros((0, model.fc.in_features), np.float32)
+    return torch.cat(logits).numpy(), torch.cat(feats).numpy()
+
+
 def confusion(labels: np.ndarray, preds: np.ndarray, k: int = NUM_EMOTIONS) -> np.ndarray:
     """Rows: true class; columns: predicted class."""
     m = np.zeros((k, k), np.int64)

@@ -19,7 +19,7 @@ import torch
 from fexsdk.backends import load_backend
 from fexsdk.emotions import EMOTIONS, NUM_EMOTIONS
 from fexsdk.noise import draw_noise
-from training.classifier import ResNet18, confusion, load_classifier, predict, to_input
+from training.classifier import ResNet18, confusion, load_classifier, predict, predict_with_features, to_input
 from training.data import FaceDataset
 
 #: Table 2's row order, by preset name; other names follow alphabetically.
@@ -99,7 +99,7 @@ def evaluate(data: FaceDataset, classifier: ResNet18, generator: Optional[str] =
                          f"({classifier.config.in_channels}, {classifier.config.image_size}, {classifier.config.image_size})")
     x = to_input(x_u8)
     labels = data.labels
-    real_logits = predict(classifier, x)
+    real_logits, real_feats = predict_with_features(classifier, x)
     real_preds = real_logits.argmax(1)
     result = EvalResult(name or (Path(generator).parent.name if generator else "real"), str(generator or ""),
                         classifier_name, len(labels), list(seeds), accuracy(labels, real_preds),
@@ -117,7 +117,6 @@ def evaluate(data: FaceDataset, classifier: ResNet18, generator: Optional[str] =
     if meta.emotions != list(EMOTIONS):
         raise ValueError(f"generator emotions {meta.emotions} differ from fexsdk's {list(EMOTIONS)}")
     xn = x.numpy()
-    real_feats = predict(classifier, x, features=True)
     accs, all_trg, all_pred, fake_feats, fake_trg = [], [], [], [], []
     self_l1, cycle_l1 = [], []
     bar = tqdm(total=len(seeds) * NUM_EMOTIONS, desc=f"eval {result.name}", disable=not progress)
@@ -126,12 +125,16 @@ def evaluate(data: FaceDataset, classifier: ResNet18, generator: Optional[str] =
         for k in range(NUM_EMOTIONS):
             trg = np.full(len(labels), k)
             fake = _run(backend, xn, trg, seed * 100 + k)
-            preds = predict(classifier, torch.from_numpy(fake)).argmax(1)
+            if s_i == 0:  # realism from the first seed's images
+                logits, feats = predict_with_features(classifier, torch.from_numpy(fake))
+                fake_feats.append(feats)
+                fake_trg.append(trg)
+            else:
+                logits = predict(classifier, torch.from_numpy(fake))
+            preds = logits.argmax(1)
             trg_all.append(trg)
             pred_all.append(preds)
             if s_i == 0:
-                fake_feats.append(predict(classifier, torch.from_numpy(fake), features=True))
-                fake_trg.append(trg)
                 rec = _run(backend, fake, labels, seed * 100 + k + 50)
                 cycle_l1.append(np.abs(rec - xn).mean() / 2)
             bar.update(1)

@@ -18,7 +18,7 @@ import torch
 
 from training.classifier import load_classifier
 from training.data import load_dataset
-from training.evaluate import TABLE2_ORDER, evaluate, markdown_table, write_results
+from training.evaluate import TABLE2_ORDER, evaluate, markdown_table, read_results, write_results
 from training.trainer import TrainConfig, Trainer
 
 TABLE2_PRESETS = [p for p in TABLE2_ORDER if p != "real"]
@@ -60,8 +60,13 @@ def main() -> None:
         trainer = Trainer(cfg)
         if trainer.step < trainer.total_steps:
             trainer.fit()
-        result = evaluate(test, clf, str(run / "last.pt"), seeds=args.seeds, name=preset, classifier_name=args.classifier)
-        write_results(result, out / "eval" / preset)
+        done = out / "eval" / preset / "results.json"
+        if args.resume and done.exists() and trainer.step >= trainer.total_steps:
+            result = read_results(done.parent)  # trained and scored by an earlier run
+        else:
+            result = evaluate(test, clf, str(run / "last.pt"), seeds=args.seeds, name=preset,
+                              classifier_name=args.classifier)
+            write_results(result, out / "eval" / preset)
         results.append(result)
         (out / "table2.md").write_text(markdown_table(results))
         print(markdown_table(results), flush=True)
