@@ -133,3 +133,15 @@ def test_markdown_table_orders_rows_like_table2():
 
     text = markdown_table([row("skip-dropout", "b.onnx"), row("stargan", "a.onnx")])
     assert text.index("| stargan") < text.index("| skip-dropout")
+
+
+def test_table2_budget_table_reads_training_speed(tmp_path):
+    from training.table2 import budget_table, training_speed
+
+    run = tmp_path / "stargan"
+    run.mkdir()
+    (run / "scalars.csv").write_text("step,images_per_s\n50,100\n100,140\n150,150\n")
+    assert training_speed(run) == 140.0
+    assert np.isnan(training_speed(tmp_path / "missing"))
+    table = budget_table(tmp_path, ["stargan", "missing"], 5.0)
+    assert "| stargan | 5 | 140 |" in table and "| missing | 5 | nan |" in table

@@ -24,6 +24,26 @@ from training.trainer import TrainConfig, Trainer
 TABLE2_PRESETS = [p for p in TABLE2_ORDER if p != "real"]
 
 
+def training_speed(run: Path) -> float:
+    """Median training images/s of a run, from its scalars.csv (NaN without one)."""
+    import csv
+    import statistics
+
+    path = run / "scalars.csv"
+    if not path.exists():
+        return float("nan")
+    with path.open() as f:
+        speeds = [float(row["images_per_s"]) for row in csv.DictReader(f) if row.get("images_per_s")]
+    return statistics.median(speeds) if speeds else float("nan")
+
+
+def budget_table(out: Path, presets: list[str], epochs: float) -> str:
+    """What each row cost: the shared budget and the measured training speed."""
+    lines = ["| preset | epochs | training images/s (median) |", "| --- | --- | --- |"]
+    lines += [f"| {p} | {epochs:g} | {training_speed(out / p):.0f} |" for p in presets]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True)
@@ -68,8 +88,9 @@ def main() -> None:
                               classifier_name=args.classifier)
             write_results(result, out / "eval" / preset)
         results.append(result)
-        (out / "table2.md").write_text(markdown_table(results))
-        print(markdown_table(results), flush=True)
+        table = markdown_table(results) + "\n" + budget_table(out, args.presets, args.epochs)
+        (out / "table2.md").write_text(table)
+        print(table, flush=True)
 
 
 if __name__ == "__main__":
