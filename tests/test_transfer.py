@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -225,3 +226,31 @@ def test_cli_apply_and_grid(tiny_onnx, scene, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fexsdk.cli", "apply", str(src), "-e", "bored", "-o", str(out),
                            "--model", str(tiny_onnx)], capture_output=True, text=True)
     assert proc.returncode == 2 and "valid emotions" in proc.stderr
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="bundled model not built yet")
+def test_bundled_model_card_describes_the_shipped_file():
+    import json
+
+    card = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
+    assert card["size_bytes"] == DEFAULT_MODEL.stat().st_size < 20 * 1024 * 1024
+    assert card["train_command"].startswith("fex train") and card["steps"] > 0
+    ev = card["evaluation"]
+    assert ev["n_images"] == 3589 and ev["accuracy_generated"] > 1 / 7  # all of PublicTest, better than copying
+
+
+@pytest.mark.skipif(not DEFAULT_MODEL.is_file(), reason="bundled model not built yet")
+def test_bundled_model_moves_real_faces_towards_the_target(fer_sample):
+    """The shipped model on 100 PublicTest faces: the committed classifier must see the target
+    emotion far more often than the 1/7 that copying the input scores."""
+    pytest.importorskip("torch")
+    from training.classifier import load_classifier, predict, to_input
+
+    clf = load_classifier(Path(__file__).resolve().parents[1] / "training" / "weights" / "resnet18_fer2013.safetensors")
+    faces = fer_sample[0][:100]
+    tr = Transfer(device="cpu")
+    hits = 0
+    for k in range(7):
+        out = tr.generate(faces, k, seed=0)  # (N, 48, 48) uint8
+        hits += int((predict(clf, to_input(out[:, None])).argmax(1) == k).sum())
+    assert hits / 700 > 0.22
