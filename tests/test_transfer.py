@@ -253,4 +253,4 @@ def test_bundled_model_moves_real_faces_towards_the_target(fer_sample):
     for k in range(7):
         out = tr.generate(faces, k, seed=0)  # (N, 48, 48) uint8
         hits += int((predict(clf, to_input(out[:, None])).argmax(1) == k).sum())
-    assert hits / 700 > 0.22
+    assert hits / 700 > 0.30  # measured 0.42 for the bundled model
