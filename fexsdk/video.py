@@ -220,8 +220,21 @@ class DemoConfig:
             raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
         if self.output is not None:
             _check_output_path(self.output)
+            if self.input is not None and _same_file(self.input, self.output):
+                raise ValueError(f"--output {self.output} is the --input video: writing it would destroy the input "
+                                 "while it is read; choose another output file")
         if self.fourcc is not None and len(self.fourcc) != 4:
             raise ValueError(f"a codec (fourcc) has 4 characters, e.g. mp4v, MJPG, FFV1; got {self.fourcc!r}")
+
+
+def _same_file(a: Union[str, os.PathLike], b: Union[str, os.PathLike]) -> bool:
+    """Whether two paths name the same file (links and relative paths included); URLs never do."""
+    if "://" in os.fspath(a) or "://" in os.fspath(b):
+        return False
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return os.path.samefile(pa, pb)
+    return pa.resolve() == pb.resolve()
 
 
 @dataclass
@@ -235,8 +248,11 @@ class DemoStats:
     detections: int = 0
     tracks: int = 0
     seconds: float = 0.0
-    #: "end of stream", "max frames", "quit", "window closed" or "interrupted".
+    #: "end of stream", "truncated" (a video file gave fewer frames than its header announces),
+    #: "max frames", "quit", "window closed" or "interrupted".
     reason: str = ""
+    #: The frame count a video file's header announces (None where it does not say).
+    expected_frames: Optional[int] = None
     output: Optional[str] = None
     #: Mean milliseconds per call of each stage: detect (frames where it ran), generate and paste (frames with faces).
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -484,6 +500,11 @@ class DemoLoop:
                 display.close()
         stats.read = reader.frames_read
         stats.dropped = reader.frames_dropped
+        if not reader.live:
+            stats.expected_frames = reader.frame_count
+            # One frame of slack: some containers round the count they announce.
+            if stats.reason == "end of stream" and reader.frame_count and stats.read < reader.frame_count - 1:
+                stats.reason = "truncated"
         stats.detections = self.detections
         stats.tracks = self.tracker.created
         stats.timings_ms = {k: v.mean_ms for k, v in self.stages.items()}
