@@ -55,6 +55,13 @@ def _check_out_folder(out: str | None, option: str = "--out") -> None:
         raise ValueError(f"{option} {out} is a file; give a folder (it is created if missing)")
 
 
+def _check_image_input(path: str) -> None:
+    if Path(path).is_dir():
+        raise ValueError(f"{path} is a folder, not an image file")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+
+
 def _check_image_output(output: str, inputs: Sequence[str] = ()) -> None:
     """Refuse an output image path that cannot be written, before any work is done."""
     import cv2
@@ -375,15 +382,17 @@ def _write(path: str, image) -> None:
 
 
 def _run_apply(args: argparse.Namespace) -> int:
-    from fexsdk.emotions import target_vector
+    from fexsdk.emotions import canonical_name, target_vector
 
+    _check_image_input(args.input)
     _check_image_output(args.output, [args.input])
     target = parse_target(args.emotion)
     target_vector(target)  # a bad -e fails before the model is loaded
     tr = _transfer(args)
     image, faces = tr.apply(args.input, target, seed=args.seed, strength=args.strength, return_faces=True)
     _write(args.output, image)
-    print(f"{len(faces)} face(s) changed to {args.emotion}; wrote {args.output}" if faces
+    what = args.emotion if isinstance(target, dict) else canonical_name(target)
+    print(f"{len(faces)} face(s) changed to {what}; wrote {args.output}" if faces
           else f"no face found in {args.input}; wrote it unchanged to {args.output}")
     return 0
 
@@ -396,6 +405,7 @@ def _run_grid(args: argparse.Namespace) -> int:
     from fexsdk.emotions import EMOTIONS
     from fexsdk.transfer import load_image
 
+    _check_image_input(args.input)
     _check_image_output(args.output, [args.input])
     tr = _transfer(args)
     image = load_image(args.input)

@@ -337,7 +337,7 @@ def _usage_codes(values: np.ndarray, path: Path) -> np.ndarray:
             codes[names == name] = code
         bad = np.flatnonzero(codes < 0)
         if bad.size:
-            raise ValueError(f"{path}: usage[{bad[0]}] = {values[bad[0]]!r} is not one of {', '.join(USAGE_NAMES)} "
+            raise ValueError(f"{path}: usage[{bad[0]}] = {str(values[bad[0]])!r} is not one of {', '.join(USAGE_NAMES)} "
                              "(or their codes 0, 1, 2)")
         return codes
     return _integer_array(values, "usage", path)
