@@ -77,3 +77,28 @@ def test_a_given_detector_object_is_never_called_by_two_threads_at_once(scenes):
         list(pool.map(lambda img: tr.apply(img, "happy"), scenes * 4))
     assert det.calls == 4 * len(scenes) and det.overlaps == 0
     assert tr.detector.name == "fragile"
+
+
+def test_onnxruntime_pools_do_not_spin():
+    from fexsdk.backends import MAX_DEFAULT_THREADS, default_threads
+
+    tr = Transfer(device="cpu")
+    opts = tr.backend.session.get_session_options()
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert opts.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    assert opts.intra_op_num_threads == default_threads() <= MAX_DEFAULT_THREADS
+    assert Transfer(device="cpu", threads=1).backend.session.get_session_options().intra_op_num_threads == 1
+
+
+def test_fex_sets_passive_openmp_waiting_unless_told_otherwise(monkeypatch, capsys):
+    import os
+
+    from fexsdk.cli import main
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert main(["train", "--list-presets"]) in (0, 2)  # 2 where torch is not installed
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    main(["train", "--list-presets"])
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    capsys.readouterr()
