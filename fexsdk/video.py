@@ -27,6 +27,7 @@ from fexsdk.capture import (  # noqa: F401
 )
 from fexsdk.emotions import EMOTIONS, emotion_index
 from fexsdk.faces import box_iou
+from fexsdk.paste import MAX_STRENGTH
 from fexsdk.tracking import Box, FaceTracker, Track  # noqa: F401
 
 __all__ = [
@@ -206,8 +207,9 @@ class DemoConfig:
         if self.max_frames is not None and (isinstance(self.max_frames, bool) or not isinstance(self.max_frames, int)
                                             or self.max_frames < 1):
             raise ValueError(f"max_frames must be an integer >= 1 (or None for no limit), got {self.max_frames!r}")
-        if not (isinstance(self.strength, (int, float)) and math.isfinite(self.strength) and self.strength >= 0):
-            raise ValueError(f"strength must be a finite number >= 0, got {self.strength!r}")
+        if isinstance(self.strength, bool) or not (isinstance(self.strength, (int, float))
+                                                   and math.isfinite(self.strength) and 0 <= self.strength <= MAX_STRENGTH):
+            raise ValueError(f"strength must be a number in [0, {MAX_STRENGTH:g}], got {self.strength!r}")
         if not 0.0 <= self.smoothing < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
         if not 0.0 <= self.velocity <= 1.0:

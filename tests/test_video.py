@@ -428,6 +428,7 @@ def test_this_opencv_reports_its_gui_support_honestly():
     ({"max_frames": 0}, "max_frames"),
     ({"emotion": "bored"}, "unknown emotion"),
     ({"strength": -1.0}, "strength"),
+    ({"strength": 100.0}, "strength"),
     ({"output": "out.png"}, "video file name"),
     ({"output": "/no/such/folder/out.mp4"}, "does not exist"),
     ({"fourcc": "H26"}, "4 characters"),
