@@ -18,6 +18,11 @@ from torch import nn
 #: "residual": after the activation inside every residual block (skip+dropout preset).
 DROPOUT_POSITIONS = ("first", "last", "residual")
 
+#: Up-sampling layers the generator understands. "transpose": StarGAN's 4x4 stride-2
+#: transposed convolutions (the report's; they leave a period-2 checkerboard);
+#: "nearest"/"bilinear": resize x2 then a 3x3 convolution (no checkerboard by construction).
+UPSAMPLE_MODES = ("transpose", "nearest", "bilinear")
+
 
 @dataclass
 class GeneratorConfig:
@@ -35,8 +40,17 @@ class GeneratorConfig:
     leaky_relu: bool = False
     dropout_p: float = 0.5
     dropout_at: list[str] = field(default_factory=list)
+    #: How the two up-sampling layers double the size (see UPSAMPLE_MODES).
+    upsample: str = "nearest"
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> "GeneratorConfig":
+        """Rebuild a config saved by any fexsdk version (older ones had no ``upsample``: transposed convs)."""
+        return cls(**{"upsample": "transpose", **saved})
 
     def validate(self) -> None:
+        if self.upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"unknown upsample {self.upsample!r}; allowed: {UPSAMPLE_MODES}")
         bad = [p for p in self.dropout_at if p not in DROPOUT_POSITIONS]
         if bad:
             raise ValueError(f"unknown dropout position(s) {bad}; allowed: {DROPOUT_POSITIONS}")
@@ -90,6 +104,13 @@ class ResidualBlock(nn.Module):
         return x + self.norm2(self.conv2(h))
 
 
+def _upsample(dim_in: int, dim_out: int, mode: str) -> nn.Module:
+    """x2 up-sampling: a transposed conv (StarGAN) or resize + 3x3 conv (no checkerboard)."""
+    if mode == "transpose":
+        return nn.ConvTranspose2d(dim_in, dim_out, 4, 2, 1, bias=False)
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode=mode), nn.Conv2d(dim_in, dim_out, 3, 1, 1, bias=False))
+
+
 class Generator(nn.Module):
     """StarGAN generator: label tiled as channels, 7x7 conv, 2 down, N residual, 2 up, 7x7 conv, tanh."""
 
@@ -111,8 +132,8 @@ class Generator(nn.Module):
             ResidualBlock(4 * d, act(), drop(f"res{i}", (4 * d, q, q)) if "residual" in cfg.dropout_at else None)
             for i in range(cfg.n_res)
         )
-        self.up1 = nn.Sequential(nn.ConvTranspose2d(4 * d, 2 * d, 4, 2, 1, bias=False), _norm(2 * d), act())
-        self.up2 = nn.Sequential(nn.ConvTranspose2d(2 * d, d, 4, 2, 1, bias=False), _norm(d), act())
+        self.up1 = nn.Sequential(_upsample(4 * d, 2 * d, cfg.upsample), _norm(2 * d), act())
+        self.up2 = nn.Sequential(_upsample(2 * d, d, cfg.upsample), _norm(d), act())
         self.drop_last = drop("last", (d, s, s)) if "last" in cfg.dropout_at else None
         self.head = nn.Conv2d(d, cfg.in_channels, 7, 1, 3, bias=False)
 
