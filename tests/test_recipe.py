@@ -1,6 +1,7 @@
 """Issue 12's generator training: resize-conv up-sampling, the EMA generator, the R1 recipe, the GPU script."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -180,10 +181,7 @@ def test_gpu_script_tiny_cpu_run(tmp_path):
     packed = tmp_path / "packed.npz"
     subprocess.run([sys.executable, "-m", "training.gpu_data", "pack", str(raw), str(packed)], cwd=ROOT, check=True)
     out = tmp_path / "out"
-    env = {"WORK": str(tmp_path / "work"), "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
-    import os
-
-    env = {**os.environ, **env}
+    env = {**os.environ, "WORK": str(tmp_path / "work"), "OMP_NUM_THREADS": "1"}
     subprocess.run(["bash", "training/gpu_run.sh", str(packed), str(out), "0.1", "--tiny", "--threads", "1",
                     "--classifier", str(classifier)], cwd=ROOT, check=True, env=env, capture_output=True)
     parts = sorted(out.glob("gpu.tar.part-*"))

@@ -54,6 +54,7 @@ GPU_RUNS = [
     Run("fex-r1", "fex", 64, half=True),
     Run("fex-small-r1", "fex-small", 64),
     Run("fex-small-wgan", "fex-small", 64, ["--adversarial", "wgan-gp", "--n-critic", "5"]),
+    Run("fex-small-warp", "fex-small-warp", 64),
 ]
 
 TINY_RUNS = [

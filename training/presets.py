@@ -36,6 +36,10 @@ class LossConfig:
     r1_gamma: float = 1.0
     #: Lazy regularisation: apply R1 every k-th D step, scaled by k (StyleGAN2); 1 = every step.
     r1_every: int = 16
+    #: Warp heads only: weight of the flow's total variation (in pixels per pixel) and of the mean mask
+    #: (painting is the exception: most of the expression should come from moving pixels).
+    lambda_flow_tv: float = 1.0
+    lambda_mask: float = 1.0
 
     def validate(self) -> None:
         if self.perceptual_mode not in ("replace", "add"):
@@ -157,6 +161,15 @@ def fex() -> Preset:
     """The same recipe at the report's size (conv_dim 64, 6 blocks): for GPUs."""
     return Preset("fex", "skip-dropout + input skip + resize-conv, R1 recipe, lambda_cls 3 (paper size)",
                   _fex_generator(64, 6), _fex_loss(), d_conv_dim=64, n_critic=1)
+
+
+@register_preset
+def fex_small_warp() -> Preset:
+    """fex-small whose generator moves the face's pixels (flow + masked residual) instead of painting them."""
+    gen = _fex_generator(32, 3)
+    gen.input_skip, gen.output = False, "warp"
+    return Preset("fex-small-warp", "fex-small with a warp head: flow field + masked residual (issue 13)",
+                  gen, _fex_loss(), d_conv_dim=32, n_critic=1)
 
 
 @register_preset

@@ -158,7 +158,7 @@ def git_commit() -> str:
 
 #: Columns of scalars.csv (G columns are NaN for an interval without a G step).
 LOG_KEYS = ("lr", "D/loss_real", "D/loss_fake", "D/loss_cls", "D/loss_gp", "D/loss_r1",
-            "G/loss_fake", "G/loss_cls", "G/loss_rec", "G/loss_rec_feat")
+            "G/loss_fake", "G/loss_cls", "G/loss_rec", "G/loss_rec_feat", "G/loss_flow_tv", "G/loss_mask")
 
 
 class DomainStream:
@@ -217,8 +217,7 @@ def r1_penalty(D: Discriminator, real: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def ema_update(ema: torch.nn.Module, live: torch.nn.Module, beta: float) -> None:
     """ema <- beta * ema + (1 - beta) * live, for parameters; buffers are copied."""
-    for pe, pl in zip(ema.parameters(), live.parameters()):
-        pe.lerp_(pl.detach().to(pe.dtype), 1.0 - beta)
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in live.parameters()], 1.0 - beta)
     for be, bl in zip(ema.buffers(), live.buffers()):
         be.copy_(bl)
 
@@ -439,7 +438,18 @@ class Trainer:
         # Generator.
         if (self.step + 1) % self.n_critic == 0:
             with self._autocast():
-                x_fake = self.G(x_real, c_trg)
+                warp_terms = torch.zeros((), device=dev)
+                if self.G.config.output == "warp":
+                    parts = self.G.forward_parts(x_real, c_trg)
+                    x_fake = parts.image
+                    flow_px = parts.flow * (cfg.image_size / 2)
+                    g_tv = (flow_px[..., 1:, :] - flow_px[..., :-1, :]).abs().mean() + \
+                        (flow_px[..., :, 1:] - flow_px[..., :, :-1]).abs().mean()
+                    g_mask = parts.mask.mean()
+                    warp_terms = lc.lambda_flow_tv * g_tv + lc.lambda_mask * g_mask
+                    logs.update({"G/loss_flow_tv": g_tv.item(), "G/loss_mask": g_mask.item()})
+                else:
+                    x_fake = self.G(x_real, c_trg)
                 src, cls = self.D(x_fake)
                 g_fake = -src.float().mean() if wgan else F.softplus(-src.float()).mean()
                 g_cls = F.cross_entropy(cls.float()[:, cls_slice], lab_trg)
@@ -454,7 +464,7 @@ class Trainer:
                     rec = g_feat if lc.perceptual_mode == "replace" else g_rec + g_feat
                 else:
                     rec = g_rec
-            g_loss = g_fake + lc.lambda_cls * g_cls + lc.lambda_rec * rec
+            g_loss = g_fake + lc.lambda_cls * g_cls + lc.lambda_rec * rec + warp_terms
             self.opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             self._allreduce(self.G)
