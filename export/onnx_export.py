@@ -48,10 +48,14 @@ class _Graph(torch.nn.Module):
         self.G = G.half() if fp16 else G
         self.dtype = torch.float16 if fp16 else torch.float32
 
-    def forward(self, image: torch.Tensor, label: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, image: torch.Tensor, label: torch.Tensor, noise: Optional[torch.Tensor] = None):
         if noise is not None:
             noise = noise.to(self.dtype)
-        return self.G(image.to(self.dtype), label.to(self.dtype), noise).float()
+        args = (image.to(self.dtype), label.to(self.dtype), noise)
+        if self.G.config.output == "warp":  # image, flow, residual, mask
+            p = self.G.forward_parts(*args)
+            return p.image.float(), p.flow.float(), p.residual.float(), p.mask.float()
+        return self.G(*args).float()
 
 
 def metadata_for(G: Generator, ckpt: dict, precision: str = "fp32") -> ModelMetadata:
@@ -69,6 +73,7 @@ def metadata_for(G: Generator, ckpt: dict, precision: str = "fp32") -> ModelMeta
         training_commit=str(ckpt.get("commit", "")),
         training_step=int(ckpt.get("step", 0)),
         precision=precision,
+        outputs=["output", "flow", "residual", "mask"] if cfg.output == "warp" else ["output"],
     )
 
 
@@ -109,7 +114,7 @@ def export_onnx(checkpoint: str | os.PathLike, output: str | os.PathLike, opset:
         # small convolutional graph directly; the dynamo exporter needs onnxscript and adds nothing here.
         torch.onnx.export(
             _Graph(G, fp16), args, str(output), dynamo=False, opset_version=opset, input_names=names,
-            output_names=["output"], dynamic_axes={n: {0: "batch"} for n in names + ["output"]},
+            output_names=meta.outputs, dynamic_axes={n: {0: "batch"} for n in names + meta.outputs},
             do_constant_folding=True,
         )
     model = onnx.load(str(output))
@@ -136,6 +141,11 @@ def parity(G: Generator, onnx_path: str | os.PathLike, batch: int = 3, seed: int
     meta = read_onnx_metadata(onnx_path)
     feeds = sample_inputs(meta, batch, seed)
     with torch.no_grad():
-        ref = G.eval()(*(torch.from_numpy(feeds[k]) for k in feeds)).numpy()
-    (out,) = sess.run(["output"], feeds)
-    return float(np.abs(out - ref).max())
+        args = [torch.from_numpy(feeds[k]) for k in feeds]
+        if G.config.output == "warp":
+            p = G.eval().forward_parts(*args)
+            refs = [p.image, p.flow, p.residual, p.mask]
+        else:
+            refs = [G.eval()(*args)]
+    outs = sess.run(meta.outputs, feeds)
+    return float(max(np.abs(o - r.numpy()).max() for o, r in zip(outs, refs)))

@@ -99,7 +99,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr-g", type=_float_range(0, low_open=True), default=1e-4, help="generator learning rate (default 1e-4)")
     p.add_argument("--lr-d", type=_float_range(0, low_open=True), default=1e-4,
                    help="discriminator learning rate (default 1e-4)")
-    p.add_argument("--n-critic", type=_POSITIVE, default=5, help="D steps per G step")
+    p.add_argument("--n-critic", type=_POSITIVE, help="D steps per G step (preset: 5 for WGAN-GP, 1 for the R1 recipe)")
+    p.add_argument("--adversarial", choices=["wgan-gp", "r1"], help="adversarial loss (preset's by default)")
+    p.add_argument("--upsample", choices=["transpose", "nearest", "bilinear"],
+                   help="generator up-sampling: transposed conv or resize + conv (preset's by default)")
+    p.add_argument("--ema-beta", type=_float_range(0, 1, high_open=True), default=0.999,
+                   help="decay of the EMA generator (0: off)")
     p.add_argument("--decay-start", type=_float_range(0, 1), default=0.5,
                    help="fraction of the run after which LRs decay linearly to 0")
     p.add_argument("--input-skip", action=argparse.BooleanOptionalAction, default=None,
@@ -113,7 +118,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-res", type=_int_range(0), help="residual blocks in G (overrides the preset's depth)")
     p.add_argument("--image-size", type=_int_range(16), default=48, help="training image side in pixels (default 48, FER2013's)")
     p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="1 (gray, FER2013) or 3 (RGB)")
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 autocast (fast on AVX-512 BF16 CPUs)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 autocast on CUDA and on CPUs with AVX-512 BF16/AMX, else fp32 (bf16 is ~16x slower on AVX2)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--threads", type=_POSITIVE, help="torch CPU threads (default: torch's; 1 beside other heavy work)")
     p.add_argument("--seed", type=_SEED, default=0, help="seeds initialisation, data order and noise (default 0)")
@@ -124,6 +130,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-limit", type=_float_range(0, low_open=True), metavar="MIN",
                    help="stop cleanly after MIN minutes with a checkpoint; rerun with --resume to go on")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
+    p.add_argument("--time-schedule", action="store_true",
+                   help="with --time-limit: decay the learning rate over the time limit, not the steps (leased GPU runs)")
     p.set_defaults(func=_run_train)
 
 
@@ -139,12 +147,13 @@ def _run_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         preset=args.preset, data=args.data, synthetic=args.synthetic, second_domain=args.second_domain, out=args.out,
         epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr_g=args.lr_g, lr_d=args.lr_d,
-        n_critic=args.n_critic, decay_start=args.decay_start, input_skip=args.input_skip, perceptual=args.perceptual, perceptual_start_epoch=args.perceptual_start_epoch,
+        n_critic=args.n_critic, adversarial=args.adversarial, upsample=args.upsample, ema_beta=args.ema_beta,
+        decay_start=args.decay_start, input_skip=args.input_skip, perceptual=args.perceptual, perceptual_start_epoch=args.perceptual_start_epoch,
         perceptual_mode=args.perceptual_mode, lambda_cls=args.lambda_cls, conv_dim=args.conv_dim, n_res=args.n_res,
         image_size=args.image_size, channels=args.channels,
         precision=args.precision, device=args.device, threads=args.threads, seed=args.seed, log_every=args.log_every,
         sample_every=args.sample_every, ckpt_every=args.ckpt_every, resume=args.resume, progress=not args.no_progress,
-        time_limit_min=args.time_limit, overwrite=args.overwrite,
+        time_limit_min=args.time_limit, time_schedule=args.time_schedule, overwrite=args.overwrite,
     )
     trainer = Trainer(cfg)
     out = trainer.fit()
@@ -194,6 +203,7 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--name", help="row name (default: the generator's folder name)")
     p.add_argument("--out", help="folder for results.json, results.md and confusion PNGs")
     p.add_argument("--table", nargs="+", metavar="DIR", help="print one table from several result folders and exit")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda: where the classifier and a .pt generator run")
     p.set_defaults(func=_run_eval)
 
 
@@ -216,7 +226,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     data = load_dataset(args.data, args.split, clf.config.image_size, clf.config.in_channels)
     if args.limit is not None:
         data = FaceDataset(data.images[: args.limit], data.labels[: args.limit], data.name)
-    result = evaluate(data, clf, args.generator, seeds=args.seeds, name=args.name, classifier_name=str(args.classifier))
+    result = evaluate(data, clf, args.generator, seeds=args.seeds, name=args.name, classifier_name=str(args.classifier),
+                      device=args.device)
     print(markdown_table([result]), end="")
     if args.out:
         write_results(result, Path(args.out))

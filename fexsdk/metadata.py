@@ -38,6 +38,11 @@ class NoiseSite:
         return n
 
 
+#: Outputs a warp-head generator adds to "output".
+WARP_OUTPUTS = ("flow", "residual", "mask")
+ALL_OUTPUTS = ("output", *WARP_OUTPUTS)
+
+
 @dataclass
 class ModelMetadata:
     """Everything the runtime reads from a model file.
@@ -64,6 +69,10 @@ class ModelMetadata:
     training_commit: str = ""
     training_step: int = 0
     precision: str = "fp32"
+    #: Graph outputs: "output" (the image) always; warp-head models add "flow" (B, 2, S, S) displacement
+    #: in [-1, 1] grid units (pixels = flow * S / 2), "residual" (B, C, S, S) the masked painted change
+    #: on top of the warped input, and "mask" (B, 1, S, S).
+    outputs: list[str] = field(default_factory=lambda: ["output"])
     #: Filled for TensorRT engines only.
     engine: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -128,6 +137,15 @@ class ModelMetadata:
             raise ValueError(f"model label_dim {self.label_dim} does not match {len(self.domains)} domain(s) ({expected})")
         if self.noise_sites and not 0 < self.dropout_p < 1:
             raise ValueError(f"model has dropout sites but dropout_p={self.dropout_p}")
+        if "output" not in self.outputs or not set(self.outputs) <= set(ALL_OUTPUTS):
+            raise ValueError(f"model outputs {self.outputs} must include 'output' and be among {ALL_OUTPUTS}")
+        if self.is_warp and set(self.outputs) != set(ALL_OUTPUTS):
+            raise ValueError(f"a warp model needs outputs {ALL_OUTPUTS}, the file lists {self.outputs}")
+
+    @property
+    def is_warp(self) -> bool:
+        """Whether the model moves pixels (flow + masked residual) rather than painting the image."""
+        return any(o in self.outputs for o in WARP_OUTPUTS)
 
 
 def read_onnx_metadata(path) -> ModelMetadata:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from training.models import Generator
+from training.models import Generator, GeneratorConfig
 
 #: Bumped when the layout of a checkpoint changes.
 CHECKPOINT_VERSION = 1
@@ -52,13 +53,23 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
-def generator_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike) -> Generator:
-    """Rebuild the generator a checkpoint describes and load its weights."""
+def generator_config(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The generator's constructor arguments, with defaults filled in for checkpoints of older versions."""
+    return asdict(GeneratorConfig.from_saved(ckpt["generator_config"]))
+
+
+def generator_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike, ema: bool = True) -> Generator:
+    """Rebuild the generator a checkpoint describes and load its weights.
+
+    ``ema``: use the exponential moving average of G's weights where the checkpoint has one
+    (smoother, better samples); the live training weights otherwise.
+    """
     if not isinstance(ckpt, dict):
         ckpt = load_checkpoint(ckpt)
-    G = Generator(**ckpt["generator_config"])
+    G = Generator(**generator_config(ckpt))
+    weights = ckpt["G_ema"] if ema and ckpt.get("G_ema") is not None else ckpt["G"]
     try:
-        G.load_state_dict(ckpt["G"])
+        G.load_state_dict(weights)
     except RuntimeError as exc:
         raise ValueError(f"checkpoint weights do not fit its generator config: {exc}") from None
     return G

@@ -127,10 +127,11 @@ def to_input(images: np.ndarray) -> torch.Tensor:
 def predict(model: ResNet18, images: torch.Tensor, batch: int = 256, features: bool = False) -> np.ndarray:
     """Logits (or penultimate features) for images already in [-1, 1], evaluated in eval mode."""
     model.eval()
+    dev = next(model.parameters()).device
     outs = []
     for i in range(0, len(images), batch):
-        x = images[i : i + batch]
-        outs.append((model.features(x) if features else model(x)).float())
+        x = images[i : i + batch].to(dev)
+        outs.append((model.features(x) if features else model(x)).float().cpu())
     return torch.cat(outs).numpy() if outs else np.zeros((0, NUM_EMOTIONS), np.float32)
 
 
@@ -138,11 +139,12 @@ def predict(model: ResNet18, images: torch.Tensor, batch: int = 256, features: b
 def predict_with_features(model: ResNet18, images: torch.Tensor, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Logits and penultimate features in one pass (the evaluation needs both)."""
     model.eval()
+    dev = next(model.parameters()).device
     logits, feats = [], []
     for i in range(0, len(images), batch):
-        f = model.features(images[i : i + batch])
-        feats.append(f.float())
-        logits.append(model.fc(model.drop(f)).float())
+        f = model.features(images[i : i + batch].to(dev))
+        feats.append(f.float().cpu())
+        logits.append(model.fc(model.drop(f)).float().cpu())
     if not feats:
         return np.zeros((0, NUM_EMOTIONS), np.float32), np.zeros((0, model.fc.in_features), np.float32)
     return torch.cat(logits).numpy(), torch.cat(feats).numpy()

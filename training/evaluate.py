@@ -89,10 +89,17 @@ def _run(backend, x: np.ndarray, emotions: np.ndarray, seed: int, batch: int = 2
 
 
 def evaluate(data: FaceDataset, classifier: ResNet18, generator: Optional[str] = None, seeds=(0, 1, 2),
-             name: Optional[str] = None, classifier_name: str = "", progress: bool = True) -> EvalResult:
-    """Score the real images and, with ``generator`` (.pt checkpoint or .onnx), its 7 versions of each."""
+             name: Optional[str] = None, classifier_name: str = "", progress: bool = True,
+             device: str = "auto") -> EvalResult:
+    """Score the real images and, with ``generator`` (.pt checkpoint or .onnx), its 7 versions of each.
+
+    ``device``: where the classifier and a .pt generator run ("auto": CUDA when available).
+    """
     from tqdm import tqdm
 
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    classifier = classifier.to(device)
     x_u8 = data.images
     if x_u8.shape[1:] != (classifier.config.in_channels, classifier.config.image_size, classifier.config.image_size):
         raise ValueError(f"data images are {x_u8.shape[1:]} but the classifier expects "
@@ -106,7 +113,7 @@ def evaluate(data: FaceDataset, classifier: ResNet18, generator: Optional[str] =
                         per_class_accuracy(labels, real_preds), confusion(labels, real_preds).tolist())
     if generator is None:
         return result
-    backend = load_backend(generator, device="auto")
+    backend = load_backend(generator, device=device)
     meta = backend.meta
     if not meta.noise_sites:  # no test-time dropout: every seed gives the same images
         seeds = list(seeds)[:1]

@@ -18,6 +18,19 @@ from torch import nn
 #: "residual": after the activation inside every residual block (skip+dropout preset).
 DROPOUT_POSITIONS = ("first", "last", "residual")
 
+#: Up-sampling layers the generator understands. "transpose": StarGAN's 4x4 stride-2
+#: transposed convolutions (the report's; they leave a period-2 checkerboard);
+#: "nearest"/"bilinear": resize x2 then a 3x3 convolution (no checkerboard by construction).
+UPSAMPLE_MODES = ("transpose", "nearest", "bilinear")
+
+#: What the generator's last layer predicts. "image": the output image (StarGAN);
+#: "warp": a displacement field, a painted image and a mask, combined as
+#: ``mask * painted + (1 - mask) * warp(input, flow)``: the face's own pixels move.
+OUTPUT_MODES = ("image", "warp")
+
+#: Largest displacement a warp head can predict, in grid units ([-1, 1] spans the image): 1/8 of the size.
+MAX_FLOW = 0.25
+
 
 @dataclass
 class GeneratorConfig:
@@ -35,8 +48,23 @@ class GeneratorConfig:
     leaky_relu: bool = False
     dropout_p: float = 0.5
     dropout_at: list[str] = field(default_factory=list)
+    #: How the two up-sampling layers double the size (see UPSAMPLE_MODES).
+    upsample: str = "nearest"
+    #: What the last layer predicts (see OUTPUT_MODES).
+    output: str = "image"
+
+    @classmethod
+    def from_saved(cls, saved: dict) -> "GeneratorConfig":
+        """Rebuild a config saved by any fexsdk version (older ones had no ``upsample``: transposed convs)."""
+        return cls(**{"upsample": "transpose", **saved})
 
     def validate(self) -> None:
+        if self.upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"unknown upsample {self.upsample!r}; allowed: {UPSAMPLE_MODES}")
+        if self.output not in OUTPUT_MODES:
+            raise ValueError(f"unknown output {self.output!r}; allowed: {OUTPUT_MODES}")
+        if self.output == "warp" and self.input_skip:
+            raise ValueError("input_skip applies to output='image' only: a warp head starts from the input by design")
         bad = [p for p in self.dropout_at if p not in DROPOUT_POSITIONS]
         if bad:
             raise ValueError(f"unknown dropout position(s) {bad}; allowed: {DROPOUT_POSITIONS}")
@@ -90,6 +118,39 @@ class ResidualBlock(nn.Module):
         return x + self.norm2(self.conv2(h))
 
 
+def _upsample(dim_in: int, dim_out: int, mode: str) -> nn.Module:
+    """x2 up-sampling: a transposed conv (StarGAN) or resize + 3x3 conv (no checkerboard)."""
+    if mode == "transpose":
+        return nn.ConvTranspose2d(dim_in, dim_out, 4, 2, 1, bias=False)
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode=mode), nn.Conv2d(dim_in, dim_out, 3, 1, 1, bias=False))
+
+
+def identity_grid(size: int) -> torch.Tensor:
+    """(1, S, S, 2) sampling grid of pixel centres in grid_sample's [-1, 1] units (align_corners=False)."""
+    r = (torch.arange(size, dtype=torch.float32) * 2 + 1) / size - 1
+    yy, xx = torch.meshgrid(r, r, indexing="ij")
+    return torch.stack([xx, yy], dim=-1)[None]
+
+
+def warp(x: torch.Tensor, flow: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Sample x at grid + flow (flow (B, 2, S, S) as (dx, dy) in [-1, 1] units); borders repeat."""
+    g = grid.to(x.dtype) + flow.permute(0, 2, 3, 1).to(x.dtype)
+    return F.grid_sample(x, g, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+@dataclass
+class WarpOutput:
+    """A warp head's parts at the model's size: ``image = warped + residual``."""
+
+    image: torch.Tensor
+    #: (B, 2, S, S) displacement (dx, dy) in grid units: pixels = flow * S / 2.
+    flow: torch.Tensor
+    #: mask * (painted - warped): what the warp alone cannot make, already masked.
+    residual: torch.Tensor
+    #: (B, 1, S, S) in [0, 1]: where painted pixels replace the warped ones.
+    mask: torch.Tensor
+
+
 class Generator(nn.Module):
     """StarGAN generator: label tiled as channels, 7x7 conv, 2 down, N residual, 2 up, 7x7 conv, tanh."""
 
@@ -111,10 +172,19 @@ class Generator(nn.Module):
             ResidualBlock(4 * d, act(), drop(f"res{i}", (4 * d, q, q)) if "residual" in cfg.dropout_at else None)
             for i in range(cfg.n_res)
         )
-        self.up1 = nn.Sequential(nn.ConvTranspose2d(4 * d, 2 * d, 4, 2, 1, bias=False), _norm(2 * d), act())
-        self.up2 = nn.Sequential(nn.ConvTranspose2d(2 * d, d, 4, 2, 1, bias=False), _norm(d), act())
+        self.up1 = nn.Sequential(_upsample(4 * d, 2 * d, cfg.upsample), _norm(2 * d), act())
+        self.up2 = nn.Sequential(_upsample(2 * d, d, cfg.upsample), _norm(d), act())
         self.drop_last = drop("last", (d, s, s)) if "last" in cfg.dropout_at else None
-        self.head = nn.Conv2d(d, cfg.in_channels, 7, 1, 3, bias=False)
+        if cfg.output == "warp":
+            # flow (2) + painted image (C) + mask (1); starts as "no move, little paint".
+            self.head = nn.Conv2d(d, 3 + cfg.in_channels, 7, 1, 3, bias=True)
+            with torch.no_grad():
+                self.head.weight.mul_(0.1)
+                self.head.bias.zero_()
+                self.head.bias[-1] = -3.0
+            self.register_buffer("grid", identity_grid(s), persistent=False)
+        else:
+            self.head = nn.Conv2d(d, cfg.in_channels, 7, 1, 3, bias=False)
 
     # -- noise layout, shared with the exporter and the runtime ------------
     def dropout_sites(self) -> list[MaskDropout]:
@@ -139,6 +209,27 @@ class Generator(nn.Module):
 
     def forward(self, x: torch.Tensor, label: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:
         """x: (B, C, S, S) in [-1, 1]; label: (B, label_dim); noise: optional packed dropout keep-masks."""
+        if self.config.output == "warp":
+            return self.forward_parts(x, label, noise).image
+        out = torch.tanh(self.head(self._features(x, label, noise)))
+        if self.config.input_skip:
+            out = (x + out).clamp(-1.0, 1.0)
+        return out
+
+    def forward_parts(self, x: torch.Tensor, label: torch.Tensor, noise: Optional[torch.Tensor] = None) -> WarpOutput:
+        """A warp head's flow, residual and mask besides the image (output='warp' only)."""
+        if self.config.output != "warp":
+            raise ValueError("forward_parts needs a generator with output='warp'")
+        raw = self.head(self._features(x, label, noise)).float()
+        c = self.config.in_channels
+        flow = MAX_FLOW * torch.tanh(raw[:, :2])
+        painted = torch.tanh(raw[:, 2 : 2 + c])
+        mask = torch.sigmoid(raw[:, 2 + c :])
+        warped = warp(x.float(), flow, self.grid)
+        residual = mask * (painted - warped)
+        return WarpOutput(warped + residual, flow, residual, mask)
+
+    def _features(self, x: torch.Tensor, label: torch.Tensor, noise: Optional[torch.Tensor]) -> torch.Tensor:
         masks = self.unpack_noise(noise)
         c = label.view(label.size(0), label.size(1), 1, 1).expand(-1, -1, x.size(2), x.size(3))
         h0 = self.stem(torch.cat([x, c.to(x.dtype)], dim=1))
@@ -156,10 +247,7 @@ class Generator(nn.Module):
             h = h + h0
         if self.drop_last is not None:
             h = self.drop_last(h, masks.get("last"))
-        out = torch.tanh(self.head(h))
-        if self.config.input_skip:
-            out = (x + out).clamp(-1.0, 1.0)
-        return out
+        return h
 
 
 @dataclass

@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from training.models import GeneratorConfig
 
 
+#: Adversarial losses the trainer implements (see LossConfig.adversarial).
+ADVERSARIAL_LOSSES = ("wgan-gp", "r1")
+
+
 @dataclass
 class LossConfig:
     """Loss weights and the perceptual switch (StarGAN's defaults)."""
@@ -25,10 +29,25 @@ class LossConfig:
     perceptual_start_epoch: float = 40.0
     #: "replace": the feature loss replaces the pixel loss (the report); "add": both.
     perceptual_mode: str = "replace"
+    #: "wgan-gp": StarGAN's Wasserstein loss with gradient penalty (the report's recipe);
+    #: "r1": non-saturating logistic loss with an R1 penalty on real images (StarGAN v2, StyleGAN2).
+    adversarial: str = "wgan-gp"
+    #: R1 weight: the penalty is r1_gamma / 2 * E|grad_x D(x_real)|^2.
+    r1_gamma: float = 1.0
+    #: Lazy regularisation: apply R1 every k-th D step, scaled by k (StyleGAN2); 1 = every step.
+    r1_every: int = 16
+    #: Warp heads only: weight of the flow's total variation (in pixels per pixel) and of the mean mask
+    #: (painting is the exception: most of the expression should come from moving pixels).
+    lambda_flow_tv: float = 1.0
+    lambda_mask: float = 1.0
 
     def validate(self) -> None:
         if self.perceptual_mode not in ("replace", "add"):
             raise ValueError(f"perceptual_mode must be 'replace' or 'add', got {self.perceptual_mode!r}")
+        if self.adversarial not in ADVERSARIAL_LOSSES:
+            raise ValueError(f"adversarial must be one of {ADVERSARIAL_LOSSES}, got {self.adversarial!r}")
+        if self.r1_gamma < 0 or self.r1_every < 1:
+            raise ValueError(f"r1_gamma must be >= 0 and r1_every >= 1, got {self.r1_gamma} and {self.r1_every}")
 
 
 @dataclass
@@ -38,6 +57,8 @@ class Preset:
     generator: GeneratorConfig
     loss: LossConfig = field(default_factory=LossConfig)
     d_conv_dim: int = 64
+    #: D steps per G step: 5 for WGAN-GP (StarGAN), 1 for the R1 recipe.
+    n_critic: int = 5
 
 
 _PRESETS: dict[str, Callable[[], Preset]] = {}
@@ -62,12 +83,12 @@ def get_preset(name: str) -> Preset:
 # -- Table 2 of the report ---------------------------------------------------
 @register_preset
 def stargan() -> Preset:
-    return Preset("stargan", "original StarGAN (Table 2 row d)", GeneratorConfig())
+    return Preset("stargan", "original StarGAN (Table 2 row d)", GeneratorConfig(upsample="transpose"))
 
 
 @register_preset
 def perceptual() -> Preset:
-    return Preset("perceptual", "StarGAN + perceptual loss from D (row e)", GeneratorConfig(), LossConfig(perceptual=True))
+    return Preset("perceptual", "StarGAN + perceptual loss from D (row e)", GeneratorConfig(upsample="transpose"), LossConfig(perceptual=True))
 
 
 @register_preset
@@ -75,7 +96,7 @@ def perceptual_skip() -> Preset:
     return Preset(
         "perceptual-skip",
         "StarGAN + perceptual loss + U-Net skips (row f)",
-        GeneratorConfig(unet_skips=True),
+        GeneratorConfig(unet_skips=True, upsample="transpose"),
         LossConfig(perceptual=True),
     )
 
@@ -85,13 +106,13 @@ def dropout() -> Preset:
     return Preset(
         "dropout",
         "StarGAN + dropout after first/last activation + LeakyReLU (row g)",
-        GeneratorConfig(leaky_relu=True, dropout_at=["first", "last"]),
+        GeneratorConfig(leaky_relu=True, dropout_at=["first", "last"], upsample="transpose"),
     )
 
 
 @register_preset
 def skip() -> Preset:
-    return Preset("skip", "StarGAN + U-Net skips (row h)", GeneratorConfig(unet_skips=True))
+    return Preset("skip", "StarGAN + U-Net skips (row h)", GeneratorConfig(unet_skips=True, upsample="transpose"))
 
 
 @register_preset
@@ -99,7 +120,7 @@ def skip_dropout() -> Preset:
     return Preset(
         "skip-dropout",
         "StarGAN + U-Net skips + dropout in residual blocks + LeakyReLU (row i, the report's best)",
-        GeneratorConfig(unet_skips=True, leaky_relu=True, dropout_at=["residual"]),
+        GeneratorConfig(unet_skips=True, leaky_relu=True, dropout_at=["residual"], upsample="transpose"),
     )
 
 
@@ -110,9 +131,45 @@ def skip_dropout_small() -> Preset:
     return Preset(
         "skip-dropout-small",
         "skip-dropout at conv_dim 32 with 3 residual blocks (CPU-sized)",
-        GeneratorConfig(conv_dim=32, n_res=3, unet_skips=True, leaky_relu=True, dropout_at=["residual"]),
+        GeneratorConfig(conv_dim=32, n_res=3, unet_skips=True, leaky_relu=True, dropout_at=["residual"],
+                        upsample="transpose"),
         d_conv_dim=32,
     )
+
+
+# -- fexsdk's own recipe ------------------------------------------------------
+def _fex_generator(conv_dim: int, n_res: int) -> GeneratorConfig:
+    """skip-dropout with resize-conv up-sampling and the input-to-output skip."""
+    return GeneratorConfig(conv_dim=conv_dim, n_res=n_res, unet_skips=True, leaky_relu=True,
+                           dropout_at=["residual"], input_skip=True, upsample="nearest")
+
+
+def _fex_loss() -> LossConfig:
+    """R1 + non-saturating loss (one D step per G step) and a 3x classification weight."""
+    return LossConfig(adversarial="r1", lambda_cls=3.0)
+
+
+@register_preset
+def fex_small() -> Preset:
+    """The bundled default's recipe at CPU size: converges in hours on 2 cores."""
+    return Preset("fex-small", "skip-dropout-small + input skip + resize-conv, R1 recipe, lambda_cls 3",
+                  _fex_generator(32, 3), _fex_loss(), d_conv_dim=32, n_critic=1)
+
+
+@register_preset
+def fex() -> Preset:
+    """The same recipe at the report's size (conv_dim 64, 6 blocks): for GPUs."""
+    return Preset("fex", "skip-dropout + input skip + resize-conv, R1 recipe, lambda_cls 3 (paper size)",
+                  _fex_generator(64, 6), _fex_loss(), d_conv_dim=64, n_critic=1)
+
+
+@register_preset
+def fex_small_warp() -> Preset:
+    """fex-small whose generator moves the face's pixels (flow + masked residual) instead of painting them."""
+    gen = _fex_generator(32, 3)
+    gen.input_skip, gen.output = False, "warp"
+    return Preset("fex-small-warp", "fex-small with a warp head: flow field + masked residual (issue 13)",
+                  gen, _fex_loss(), d_conv_dim=32, n_critic=1)
 
 
 @register_preset
@@ -121,6 +178,7 @@ def tiny() -> Preset:
     return Preset(
         "tiny",
         "skip-dropout at conv_dim 8, 1 residual block (tests and smoke runs only)",
-        GeneratorConfig(conv_dim=8, n_res=1, unet_skips=True, leaky_relu=True, dropout_at=["residual"]),
+        GeneratorConfig(conv_dim=8, n_res=1, unet_skips=True, leaky_relu=True, dropout_at=["residual"],
+                        upsample="transpose"),
         d_conv_dim=8,
     )

@@ -56,7 +56,7 @@ def main() -> None:
     p.add_argument("--conv-dim", type=int, help="G and D base channels for every preset (the report: 64)")
     p.add_argument("--n-res", type=int, help="G residual blocks for every preset (the report: 6)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -6,10 +6,12 @@ and the checkpoint holds the step, the optimizers and the torch RNG state.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import subprocess
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fexsdk.emotions import EMOTIONS, NUM_EMOTIONS
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import generator_config, load_checkpoint, save_checkpoint
 from training.data import FaceDataset, load_dataset, load_image_folder, load_training_data
 from training.logs import ScalarLog, plot_losses, save_grid
 from training.models import Discriminator, Generator, config_dict
@@ -48,12 +50,19 @@ class TrainConfig:
     lr_d: float = 1e-4
     beta1: float = 0.5
     beta2: float = 0.999
-    #: D steps per G step.
-    n_critic: int = 5
+    #: D steps per G step (None keeps the preset's: 5 for WGAN-GP, 1 for the R1 recipe).
+    n_critic: Optional[int] = None
+    #: Adversarial loss override, "wgan-gp" or "r1" (None keeps the preset's).
+    adversarial: Optional[str] = None
+    #: Up-sampling override, "transpose", "nearest" or "bilinear" (None keeps the preset's).
+    upsample: Optional[str] = None
+    #: Decay of the exponential moving average of G's weights (StarGAN v2: 0.999); 0 turns it off.
+    ema_beta: float = 0.999
     #: Fraction of the run after which the learning rates decay linearly to zero.
     decay_start: float = 0.5
     seed: int = 0
-    precision: str = "fp32"
+    #: "auto" (bf16 where the hardware runs it fast, see resolve_precision), "fp32" or "bf16".
+    precision: str = "auto"
     device: str = "auto"
     threads: Optional[int] = None
     log_every: int = 50
@@ -77,23 +86,31 @@ class TrainConfig:
     #: Stop cleanly (checkpoint written) after this many minutes; rerun with ``resume`` to go on.
     #: For leased machines that give a run a fixed slice of time.
     time_limit_min: Optional[float] = None
+    #: With ``time_limit_min``: the learning-rate schedule follows the clock (fraction of the time
+    #: limit spent) instead of the step count, so a fixed-length leased run still decays to 0.
+    #: Such a run is not exactly resumable (its schedule depends on speed).
+    time_schedule: bool = False
     #: Train from scratch into a non-empty ``out`` (replacing its checkpoints and log); without it,
     #: or ``resume``, a non-empty ``out`` is refused.
     overwrite: bool = False
 
     def validate(self) -> None:
-        if self.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if self.batch_size < 2:
             raise ValueError(f"batch_size must be >= 2, got {self.batch_size}")
         if self.conv_dim is not None and self.conv_dim < 1 or self.n_res is not None and self.n_res < 0:
             raise ValueError(f"conv_dim must be >= 1 and n_res >= 0, got {self.conv_dim} and {self.n_res}")
+        if self.time_schedule and self.time_limit_min is None:
+            raise ValueError("time_schedule needs time_limit_min (the schedule follows the clock up to the limit)")
         if self.time_limit_min is not None and not self.time_limit_min > 0:
             raise ValueError(f"time_limit_min must be > 0 minutes, got {self.time_limit_min}")
         if self.lambda_cls is not None and self.lambda_cls < 0:
             raise ValueError(f"lambda_cls must be >= 0, got {self.lambda_cls}")
-        if self.n_critic < 1:
+        if self.n_critic is not None and self.n_critic < 1:
             raise ValueError(f"n_critic must be >= 1, got {self.n_critic}")
+        if not 0.0 <= self.ema_beta < 1.0:
+            raise ValueError(f"ema_beta must be in [0, 1), got {self.ema_beta}")
         if not 0.0 <= self.decay_start <= 1.0:
             raise ValueError(f"decay_start must be in [0, 1], got {self.decay_start}")
         if self.data is None and self.synthetic <= 0:
@@ -111,6 +128,31 @@ def lr_factor(step: int, total: int, decay_start: float) -> float:
     return max(0.0, (total - step) / (total - start))
 
 
+def lr_factor_by_time(elapsed: float, limit: float, decay_start: float) -> float:
+    """The same schedule over wall-clock time: constant, then linear to 0 at the time limit."""
+    return lr_factor(int(1e6 * min(elapsed, limit) / limit), int(1e6), decay_start)
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU has bf16 instructions (AVX-512 BF16 or AMX); without them bf16 autocast is ~16x slower."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """Turn "auto" into "bf16" or "fp32" for this device, and warn where bf16 was asked for but is slow."""
+    fast = device.type == "cuda" or (device.type == "cpu" and cpu_has_fast_bf16())
+    if precision == "auto":
+        return "bf16" if fast else "fp32"
+    if precision == "bf16" and not fast:
+        warnings.warn("bf16 autocast on a CPU without AVX-512 BF16/AMX runs ~16x slower than fp32; "
+                      "use --precision fp32 (or auto)", stacklevel=2)
+    return precision
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
@@ -121,8 +163,8 @@ def git_commit() -> str:
 
 
 #: Columns of scalars.csv (G columns are NaN for an interval without a G step).
-LOG_KEYS = ("lr", "D/loss_real", "D/loss_fake", "D/loss_cls", "D/loss_gp",
-            "G/loss_fake", "G/loss_cls", "G/loss_rec", "G/loss_rec_feat")
+LOG_KEYS = ("lr", "D/loss_real", "D/loss_fake", "D/loss_cls", "D/loss_gp", "D/loss_r1",
+            "G/loss_fake", "G/loss_cls", "G/loss_rec", "G/loss_rec_feat", "G/loss_flow_tv", "G/loss_mask")
 
 
 class DomainStream:
@@ -170,6 +212,22 @@ def gradient_penalty(D: Discriminator, real: torch.Tensor, fake: torch.Tensor) -
     return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
 
 
+def r1_penalty(D: Discriminator, real: torch.Tensor) -> torch.Tensor:
+    """E_x |grad_x sum(D_src(x))|^2 over real images (Mescheder et al. 2018); the caller weights it by gamma/2."""
+    x = real.detach().requires_grad_(True)
+    src, _ = D(x)
+    (grad,) = torch.autograd.grad(src.float().sum(), x, create_graph=True)
+    return grad.float().pow(2).flatten(1).sum(1).mean()
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, live: torch.nn.Module, beta: float) -> None:
+    """ema <- beta * ema + (1 - beta) * live, for parameters; buffers are copied."""
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in live.parameters()], 1.0 - beta)
+    for be, bl in zip(ema.buffers(), live.buffers()):
+        be.copy_(bl)
+
+
 class Trainer:
     """Builds models, data and optimizers from a :class:`TrainConfig` and runs the loop."""
 
@@ -188,6 +246,9 @@ class Trainer:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed 48x48 shapes: let cuDNN pick the fastest kernels
+        self.precision = resolve_precision(cfg.precision, self.device)
         self.out = Path(cfg.out)
         self.is_main = self.rank == 0
 
@@ -202,7 +263,10 @@ class Trainer:
             self.loss_cfg.perceptual_mode = cfg.perceptual_mode
         if cfg.lambda_cls is not None:
             self.loss_cfg.lambda_cls = cfg.lambda_cls
+        if cfg.adversarial is not None:
+            self.loss_cfg.adversarial = cfg.adversarial
         self.loss_cfg.validate()
+        self.n_critic = cfg.n_critic or preset.n_critic
 
         self.domains, self.val = self._load_data()
         self.n_domains = len(self.domains)
@@ -217,7 +281,12 @@ class Trainer:
             gcfg["conv_dim"] = cfg.conv_dim
         if cfg.n_res is not None:
             gcfg["n_res"] = cfg.n_res
+        if cfg.upsample is not None:
+            gcfg["upsample"] = cfg.upsample
         self.G = Generator(**gcfg).to(self.device)
+        #: Exponential moving average of G's weights: what samples, evaluation and export use.
+        self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if cfg.ema_beta > 0 else None
+        self.g_updates = 0
         self.D = Discriminator(in_channels=cfg.channels, image_size=cfg.image_size,
                                num_classes=NUM_EMOTIONS * self.n_domains,
                                conv_dim=cfg.conv_dim or preset.d_conv_dim).to(self.device)
@@ -273,6 +342,9 @@ class Trainer:
             "domains": [d.name for d in self.domains],
             "emotions": list(EMOTIONS),
             "G": self.G.state_dict(),
+            "G_ema": self.G_ema.state_dict() if self.G_ema is not None else None,
+            "g_updates": self.g_updates,
+            "n_critic": self.n_critic,
             "D": self.D.state_dict(),
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
@@ -288,9 +360,12 @@ class Trainer:
         if not path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint at {path}")
         ckpt = load_checkpoint(path)
-        if ckpt["generator_config"] != config_dict(self.G):
+        if generator_config(ckpt) != config_dict(self.G):
             raise ValueError(f"--resume: {path} holds a different generator ({ckpt['preset']}) than preset {self.preset.name}")
         self.G.load_state_dict(ckpt["G"])
+        if self.G_ema is not None:
+            self.G_ema.load_state_dict(ckpt.get("G_ema") or ckpt["G"])
+        self.g_updates = int(ckpt.get("g_updates", 0))
         self.D.load_state_dict(ckpt["D"])
         self.opt_g.load_state_dict(ckpt["opt_g"])
         self.opt_d.load_state_dict(ckpt["opt_d"])
@@ -311,7 +386,7 @@ class Trainer:
         return self.loss_cfg.perceptual and self.epoch >= self.loss_cfg.perceptual_start_epoch
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.precision == "bf16")
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
     def _allreduce(self, model: torch.nn.Module) -> None:
         if self.world == 1:
@@ -331,7 +406,10 @@ class Trainer:
         c_trg = domain_label(lab_trg, d, self.n_domains).to(dev)
         x_real, lab_org, lab_trg = x_real.to(dev), lab_org.to(dev), lab_trg.to(dev)
         cls_slice = slice(d * NUM_EMOTIONS, (d + 1) * NUM_EMOTIONS)
-        factor = lr_factor(self.step, self.total_steps, cfg.decay_start)
+        if cfg.time_schedule:
+            factor = lr_factor_by_time(time.monotonic() - self._t_start, 60 * cfg.time_limit_min, cfg.decay_start)
+        else:
+            factor = lr_factor(self.step, self.total_steps, cfg.decay_start)
         for group in self.opt_g.param_groups:
             group["lr"] = cfg.lr_g * factor
         for group in self.opt_d.param_groups:
@@ -339,28 +417,47 @@ class Trainer:
         logs: dict[str, float] = {"lr": cfg.lr_d * factor}
 
         # Discriminator.
+        wgan = lc.adversarial == "wgan-gp"
         with self._autocast():
             src, cls = self.D(x_real)
-            d_real = -src.float().mean()
+            d_real = -src.float().mean() if wgan else F.softplus(-src.float()).mean()
             d_cls = F.cross_entropy(cls.float()[:, cls_slice], lab_org)
             with torch.no_grad():
                 x_fake = self.G(x_real, c_trg)
             src_f, _ = self.D(x_fake.detach())
-            d_fake = src_f.float().mean()
-            d_gp = gradient_penalty(self.D, x_real, x_fake.detach().to(x_real.dtype)).float()
-        d_loss = d_real + d_fake + lc.lambda_cls * d_cls + lc.lambda_gp * d_gp
+            d_fake = src_f.float().mean() if wgan else F.softplus(src_f.float()).mean()
+            d_loss = d_real + d_fake + lc.lambda_cls * d_cls
+            if wgan:
+                d_gp = gradient_penalty(self.D, x_real, x_fake.detach().to(x_real.dtype)).float()
+                d_loss = d_loss + lc.lambda_gp * d_gp
+                logs["D/loss_gp"] = d_gp.item()
+            elif lc.r1_gamma > 0 and self.step % lc.r1_every == 0:
+                d_r1 = r1_penalty(self.D, x_real)
+                d_loss = d_loss + 0.5 * lc.r1_gamma * lc.r1_every * d_r1
+                logs["D/loss_r1"] = d_r1.item()
         self.opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         self._allreduce(self.D)
         self.opt_d.step()
-        logs.update({"D/loss_real": d_real.item(), "D/loss_fake": d_fake.item(), "D/loss_cls": d_cls.item(), "D/loss_gp": d_gp.item()})
+        logs.update({"D/loss_real": d_real.item(), "D/loss_fake": d_fake.item(), "D/loss_cls": d_cls.item()})
 
         # Generator.
-        if (self.step + 1) % cfg.n_critic == 0:
+        if (self.step + 1) % self.n_critic == 0:
             with self._autocast():
-                x_fake = self.G(x_real, c_trg)
+                warp_terms = torch.zeros((), device=dev)
+                if self.G.config.output == "warp":
+                    parts = self.G.forward_parts(x_real, c_trg)
+                    x_fake = parts.image
+                    flow_px = parts.flow * (cfg.image_size / 2)
+                    g_tv = (flow_px[..., 1:, :] - flow_px[..., :-1, :]).abs().mean() + \
+                        (flow_px[..., :, 1:] - flow_px[..., :, :-1]).abs().mean()
+                    g_mask = parts.mask.mean()
+                    warp_terms = lc.lambda_flow_tv * g_tv + lc.lambda_mask * g_mask
+                    logs.update({"G/loss_flow_tv": g_tv.item(), "G/loss_mask": g_mask.item()})
+                else:
+                    x_fake = self.G(x_real, c_trg)
                 src, cls = self.D(x_fake)
-                g_fake = -src.float().mean()
+                g_fake = -src.float().mean() if wgan else F.softplus(-src.float()).mean()
                 g_cls = F.cross_entropy(cls.float()[:, cls_slice], lab_trg)
                 x_rec = self.G(x_fake, c_org)
                 g_rec = (x_real - x_rec.float()).abs().mean()
@@ -373,15 +470,25 @@ class Trainer:
                     rec = g_feat if lc.perceptual_mode == "replace" else g_rec + g_feat
                 else:
                     rec = g_rec
-            g_loss = g_fake + lc.lambda_cls * g_cls + lc.lambda_rec * rec
+            g_loss = g_fake + lc.lambda_cls * g_cls + lc.lambda_rec * rec + warp_terms
             self.opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             self._allreduce(self.G)
             self.opt_g.step()
+            self.g_updates += 1
+            if self.G_ema is not None:
+                # Warm-up: a short average early on, so the first samples are not the random init.
+                beta = min(cfg.ema_beta, (1.0 + self.g_updates) / (10.0 + self.g_updates))
+                ema_update(self.G_ema, self.G, beta)
             logs.update({"G/loss_fake": g_fake.item(), "G/loss_cls": g_cls.item(), "G/loss_rec": g_rec.item(),
                          "G/loss_rec_feat": float(g_feat.detach())})
         self.step += 1
         return logs
+
+    @property
+    def sampler(self) -> Generator:
+        """The generator that samples, validation and checkpoints' users see: the EMA one where kept."""
+        return self.G_ema if self.G_ema is not None else self.G
 
     @torch.no_grad()
     def validate(self) -> float:
@@ -394,8 +501,9 @@ class Trainer:
             x = torch.from_numpy(self.val.images).float().to(self.device) / 127.5 - 1
             lab = torch.from_numpy(self.val.labels).to(self.device)
             trg = (lab + 1 + torch.randint(0, NUM_EMOTIONS - 1, lab.shape, device=self.device)) % NUM_EMOTIONS
-            fake = self.G(x, domain_label(trg.cpu(), 0, self.n_domains).to(self.device))
-            rec = self.G(fake, domain_label(lab.cpu(), 0, self.n_domains).to(self.device))
+            G = self.sampler
+            fake = G(x, domain_label(trg.cpu(), 0, self.n_domains).to(self.device))
+            rec = G(fake, domain_label(lab.cpu(), 0, self.n_domains).to(self.device))
             _, cls = self.D(fake)
             ce = F.cross_entropy(cls[:, :NUM_EMOTIONS], trg).item()
             return self.loss_cfg.lambda_cls * ce + self.loss_cfg.lambda_rec * (x - rec).abs().mean().item()
@@ -410,7 +518,7 @@ class Trainer:
             for d in range(self.n_domains):
                 for k in range(NUM_EMOTIONS):
                     c = domain_label(torch.full((x.size(0),), k), d, self.n_domains).to(self.device)
-                    cols.append(self.G(x, c).float().cpu().numpy())
+                    cols.append(self.sampler(x, c).float().cpu().numpy())
         save_grid(cols, path)
 
     def _out_of_time(self, deadline: float) -> bool:
@@ -433,8 +541,9 @@ class Trainer:
                    desc=f"train {self.preset.name}", unit="it", dynamic_ncols=True)
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
-        t0, n_img = time.perf_counter(), 0
-        deadline = time.monotonic() + 60 * cfg.time_limit_min if cfg.time_limit_min else math.inf
+        t0, n_img, g0 = time.perf_counter(), 0, self.g_updates
+        self._t_start = time.monotonic()
+        deadline = self._t_start + 60 * cfg.time_limit_min if cfg.time_limit_min else math.inf
         while self.step < end:
             logs = self.train_step()
             n_img += cfg.batch_size * self.world
@@ -446,13 +555,15 @@ class Trainer:
             if self.is_main and (self.step % cfg.log_every == 0 or last):
                 means = {k: sums[k] / counts[k] if counts.get(k) else math.nan for k in LOG_KEYS}
                 means["epoch"] = self.epoch
-                means["images_per_s"] = n_img / (time.perf_counter() - t0)
+                dt = time.perf_counter() - t0
+                means["images_per_s"] = n_img / dt
+                means["g_updates_per_s"] = (self.g_updates - g0) / dt
                 means["perceptual_on"] = float(self.perceptual_active())
                 log.write(self.step, means)
                 bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in means.items()
                                  if k in ("D/loss_cls", "G/loss_cls", "G/loss_rec", "images_per_s")})
                 sums, counts = {}, {}
-                t0, n_img = time.perf_counter(), 0
+                t0, n_img, g0 = time.perf_counter(), 0, self.g_updates
             if self.is_main and (self.step % cfg.sample_every == 0 or last):
                 self.sample_grid(self.out / "samples" / f"step{self.step:07d}.png")
             if self.step % cfg.ckpt_every == 0 or last:
