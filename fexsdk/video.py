@@ -373,13 +373,16 @@ class DemoLoop:
             tracks = self.tracker.update(faces, index)
         else:
             tracks = self.tracker.predict(index)
-        if tracks and not self.show_original:
+        # A track moving on at its estimated speed can leave the frame before it is dropped: skip it.
+        h, w = image.shape[:2]
+        shown = [t for t in tracks if t.box[0] + t.box[2] > 0 and t.box[1] + t.box[3] > 0 and t.box[0] < w and t.box[1] < h]
+        if shown and not self.show_original:
             inner = tr.backend
             timed = _TimedBackend(inner)
             tr.backend = timed
             t0 = time.perf_counter()
             try:
-                out = tr.apply(image, self.target, faces=[t.box for t in tracks], seed=self.seeds_for(tracks),
+                out = tr.apply(image, self.target, faces=[t.box for t in shown], seed=self.seeds_for(shown),
                                strength=c.strength)
             finally:
                 tr.backend = inner
