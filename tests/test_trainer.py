@@ -170,7 +170,7 @@ def test_generator_follows_the_target_label(tmp_path):
     from training.synthetic import make_synthetic, oracle_predict
 
     cfg = _cfg(tmp_path, synthetic=512, batch_size=16, n_critic=1, max_steps=300, ckpt_every=1000, lr_g=5e-4,
-               lr_d=5e-4, decay_start=0.8, precision="bf16", threads=2)
+               lr_d=5e-4, decay_start=0.8, precision="bf16", threads=1)
     t = Trainer(cfg)
     t.fit()
     data = make_synthetic(70, seed=99)
