@@ -689,16 +689,35 @@ def run_local(args: Mapping[str, Any], *, replicas: int = 1, host: str = "127.0.
     ray = require("ray", "serve", "fex serve")
     serve = require("ray.serve", "serve", "fex serve")
     opts = ServeOptions.from_args(args)
+    if opts.model and not Path(opts.model).is_file():
+        raise FileNotFoundError(f"model file not found: {opts.model}")
+    if replicas < 1:
+        raise ValueError(f"replicas must be >= 1, got {replicas}")
     if not ray.is_initialized():
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    if opts.device.startswith("cuda") and gpus == 0:
+        raise RuntimeError("--device cuda, but Ray sees no GPU on this machine")
+    # A replica sees a GPU only if it asks for one (Ray hides the others): "cuda" takes a whole GPU each,
+    # "auto" shares what there is. On a CPU a replica reserves no whole core: several share the machine.
+    if opts.device.startswith("cuda"):
+        actor_options: dict = {"num_gpus": 1}
+    elif opts.device == "auto" and gpus > 0:
+        actor_options = {"num_gpus": min(1.0, gpus / replicas), "num_cpus": 0}
+    else:
+        actor_options = {"num_cpus": 0}
     serve.start(http_options={"host": host, "port": int(port)})
-    # On a CPU a replica needs no whole core reserved: several share the machine (onnxruntime's threads do the work).
-    actor_options = {"num_gpus": 1} if opts.device.startswith("cuda") else {"num_cpus": 0}
     serve.run(make_app(asdict(opts), num_replicas=replicas, ray_actor_options=actor_options),
               name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://{host}:{port}"
     if blocking:
+        import signal
         import time
+
+        def _stop(signum, frame):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, _stop)
 
         print(f"fexsdk serving on {url} ({replicas} replica(s), max batch {opts.max_batch_size} faces); "
               f"POST {url}/apply, Ctrl-C stops", flush=True)
