@@ -72,8 +72,9 @@ class ServeOptions:
     threads: Optional[int] = None
     max_batch_size: int = 16
     batch_wait_s: float = 0.005
-    #: Worker threads per replica (detection and paste-back run there, in parallel).
-    workers: int = 4
+    #: Worker threads per replica (detection and paste-back run there, in parallel; a request waiting
+    #: for its batch holds one). None: max(4, max_batch_size), so that one-face requests can fill a batch.
+    workers: Optional[int] = None
     max_body_bytes: int = 20_000_000
     max_pixels: int = 40_000_000
     max_crops: int = 1024
@@ -91,6 +92,8 @@ class ServeOptions:
             raise ValueError(f"max_batch_size must be >= 1, got {opts.max_batch_size}")
         if not float(opts.batch_wait_s) >= 0:
             raise ValueError(f"batch_wait_s must be >= 0, got {opts.batch_wait_s}")
+        if opts.workers is None:
+            opts.workers = max(4, min(int(opts.max_batch_size), 64))
         if int(opts.workers) < 1:
             raise ValueError(f"workers must be >= 1, got {opts.workers}")
         return opts
@@ -247,6 +250,13 @@ def parse_target(text: Optional[str]):
                 target[name.strip()] = float(value)
             except ValueError:
                 raise HTTPError(400, f"bad intensities {text!r}: {part.strip()!r} is not name=number") from None
+    elif text.startswith("{"):  # a JSON body's {"happy": 0.7, ...}
+        try:
+            target = json.loads(text)
+        except ValueError:
+            raise HTTPError(400, f"bad intensities {text!r}: not a JSON object of name: number") from None
+        if not isinstance(target, dict):
+            raise HTTPError(400, f"bad intensities {text!r}: not a JSON object of name: number")
     else:
         target = int(text) if text.isdigit() else text
     try:
@@ -673,7 +683,7 @@ def make_app(args: Optional[Mapping[str, Any]] = None, *, num_replicas: Optional
     opts = ServeOptions.from_args(args)
     options: dict[str, Any] = {"name": "FexService",
                                # enough requests in flight for a batch to fill (each has one face or more)
-                               "max_ongoing_requests": max_ongoing_requests or max(8, 2 * opts.max_batch_size)}
+                               "max_ongoing_requests": max_ongoing_requests or 2 * int(opts.workers)}
     if num_replicas is not None:
         options["num_replicas"] = num_replicas
     if ray_actor_options is not None:

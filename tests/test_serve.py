@@ -33,6 +33,9 @@ from fexsdk.serve import (  # noqa: E402
 )
 from fexsdk.transfer import Transfer  # noqa: E402
 
+# Ray's own pydantic deprecation warnings, not ours
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "docs" / "example.png"  # two faces, 640x360
 MAX_BATCH = 8
@@ -306,3 +309,23 @@ def test_bad_requests_get_4xx_and_service_keeps_serving(server, ref, png_bytes):
     assert http(f"{server}/healthz")[0] == 200
     status, _, out = http(f"{server}/apply?emotion=neutral&seed=8", png_bytes)
     assert status == 200 and np.array_equal(decode(out), ref.apply(decode(png_bytes), "neutral", seed=8))
+
+
+def test_cluster_yaml_is_a_valid_serve_config():
+    """docs/serve.yaml: Ray Serve's own schema accepts it, and its args are valid service options."""
+    try:
+        import yaml
+        from ray.serve.schema import ServeDeploySchema
+    except ImportError:
+        pytest.skip("Ray Serve is not installed: pip install 'fexsdk[serve]'")
+    from fexsdk.serve import ServeOptions
+
+    cfg = yaml.safe_load((REPO / "docs" / "serve.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(cfg)
+    app = schema.applications[0]
+    assert app.import_path == "fexsdk.serve:build_app"
+    (deployment,) = app.deployments
+    assert deployment.name == "FexService" and deployment.ray_actor_options.num_gpus == 1
+    assert deployment.autoscaling_config["max_replicas"] > deployment.autoscaling_config["min_replicas"]
+    opts = ServeOptions.from_args(app.args)
+    assert opts.device == "cuda" and opts.max_batch_size == 64

@@ -1,0 +1,225 @@
+"""Load test of ``fex serve``: N concurrent clients posting real photos to POST /apply.
+
+    python benchmarks/serve_load.py                                   # 8 clients, every configuration
+    python benchmarks/serve_load.py --clients 16 --requests 200 --json serve_load.json
+    python benchmarks/serve_load.py --configs plain 1-on 2-on         # a subset
+
+Configurations (each on the same images, same clients, in this order):
+
+    plain   no service: one process calling Transfer.apply in a loop, one request after another
+            (decode, apply, encode: the work the service does per request)
+    1-on    1 replica, faces batched across requests (max --max-batch faces, --batch-wait-ms)
+    1-off   1 replica, each request's faces through the generator by themselves
+    2-on    2 replicas, batched
+    2-off   2 replicas, not batched
+
+Images: docs/example.png (640x360, two faces) and, when scikit-image is installed, its astronaut
+(512x512, one face), alternated. Every request names an emotion and a seed. Clients are threads of
+this process (so on a small machine they share its cores with the service); every request's answer
+is checked (200, same size). Prints requests/s, faces/s and the p50/p95 latency seen by the clients.
+Ray is started here with --num-cpus CPUs and stopped at the end; only 127.0.0.1 is contacted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import socket
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+if (REPO / "fexsdk").is_dir() and str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run from a checkout: use its code
+
+import cv2  # noqa: E402
+
+from fexsdk.transfer import Transfer  # noqa: E402
+
+CONFIGS = {"plain": None, "1-on": (1, True), "1-off": (1, False), "2-on": (2, True), "2-off": (2, False)}
+EMOTIONS = ("happy", "surprise", "angry", "sad")
+
+
+def load_images() -> list[tuple[str, bytes]]:
+    images = [("example.png 640x360", (REPO / "docs" / "example.png").read_bytes())]
+    try:
+        from skimage import data
+
+        rgb = data.astronaut()
+        images.append(("astronaut 512x512", cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes()))
+    except ImportError:
+        pass
+    return images
+
+
+def percentile(values, q) -> float:
+    return float(np.percentile(np.asarray(values) * 1000.0, q)) if values else float("nan")
+
+
+def run_clients(send, n_requests: int, clients: int) -> dict:
+    """``send(i)`` does request i and returns its face count; ``clients`` threads share the requests."""
+    lock = threading.Lock()
+    counter = iter(range(n_requests))
+    latencies: list[float] = []
+    faces = [0]
+    errors: list[str] = []
+
+    def client():
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            t0 = time.perf_counter()
+            try:
+                n = send(i)
+            except Exception as exc:  # counted and reported, the run goes on
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            dt = time.perf_counter() - t0
+            with lock:
+                latencies.append(dt)
+                faces[0] += n
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    return {"requests": len(latencies), "errors": len(errors), "first_error": errors[0] if errors else None,
+            "seconds": wall, "req_per_s": len(latencies) / wall, "faces_per_s": faces[0] / wall,
+            "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95)}
+
+
+def plain_loop(images, n_requests: int, threads) -> dict:
+    tr = Transfer(device="cpu", threads=threads)
+    decoded = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_UNCHANGED) for _, b in images]
+
+    def send(i):
+        data = images[i % len(images)][1]
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        out, found = tr.apply(img, EMOTIONS[i % len(EMOTIONS)], seed=i, return_faces=True)
+        cv2.imencode(".png", out)
+        return len(found)
+
+    for i in range(len(decoded)):  # warm-up
+        send(i)
+    return run_clients(send, n_requests, clients=1)
+
+
+def service_run(url: str, images, n_requests: int, clients: int) -> dict:
+    sizes = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_UNCHANGED).shape for _, b in images]
+
+    def send(i):
+        k = i % len(images)
+        req = urllib.request.Request(f"{url}/apply?emotion={EMOTIONS[i % len(EMOTIONS)]}&seed={i}", data=images[k][1],
+                                     headers={"Content-Type": "image/png"})
+        with urllib.request.urlopen(req, timeout=120) as resp:
+            body = resp.read()
+            n = int(resp.headers["X-Face-Count"])
+        if cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_UNCHANGED).shape != sizes[k]:
+            raise RuntimeError("answer has the wrong size")
+        return n
+
+    for i in range(2 * clients):  # warm-up: every replica, the batch queues
+        send(i)
+    return run_clients(send, n_requests, clients)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=8, help="concurrent clients")
+    ap.add_argument("--requests", type=int, default=96, help="requests per configuration")
+    ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    ap.add_argument("--max-batch", type=int, default=16, help="faces per generator call when batching")
+    ap.add_argument("--batch-wait-ms", type=float, default=5.0)
+    ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads per replica (and for the plain loop)")
+    ap.add_argument("--workers", type=int, default=4, help="worker threads per replica")
+    ap.add_argument("--num-cpus", type=int, default=None, help="CPUs for Ray (default: all)")
+    ap.add_argument("--json", help="write the results here")
+    args = ap.parse_args(argv)
+
+    images = load_images()
+    print(f"{cpu_name()}, {os.cpu_count()} cores; {args.clients} clients, {args.requests} requests per configuration; "
+          f"images: {', '.join(name for name, _ in images)}", flush=True)
+    results = {}
+    if "plain" in args.configs:
+        results["plain"] = plain_loop(images, args.requests, args.threads)
+        print(f"plain: {results['plain']['req_per_s']:.1f} req/s", flush=True)
+    served = [c for c in args.configs if c != "plain"]
+    if served:
+        try:
+            import ray
+            from ray import serve
+        except ImportError:
+            print("Ray Serve is not installed (pip install 'fexsdk[serve]'): service rows skipped")
+            served = []
+    if served:
+        from fexsdk.serve import make_app
+
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        port = free_port()
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        url = f"http://127.0.0.1:{port}"
+        try:
+            for name in served:
+                replicas, batching = CONFIGS[name]
+                options = {"device": "cpu", "threads": args.threads, "workers": args.workers,
+                           "max_batch_size": args.max_batch if batching else 1, "batch_wait_s": args.batch_wait_ms / 1000}
+                serve.run(make_app(options, num_replicas=replicas, ray_actor_options={"num_cpus": 0}),
+                          name="fexsdk-load", route_prefix="/", blocking=False)
+                results[name] = service_run(url, images, args.requests, args.clients)
+                print(f"{name}: {results[name]['req_per_s']:.1f} req/s", flush=True)
+                serve.delete("fexsdk-load")
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+
+    labels = {"plain": "plain Transfer.apply loop, 1 process", "1-on": "serve, 1 replica, batching on",
+              "1-off": "serve, 1 replica, batching off", "2-on": "serve, 2 replicas, batching on",
+              "2-off": "serve, 2 replicas, batching off"}
+    print()
+    print("| configuration | clients | req/s | faces/s | p50 ms | p95 ms | errors |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for name, r in results.items():
+        clients = 1 if name == "plain" else args.clients
+        print(f"| {labels[name]} | {clients} | {r['req_per_s']:.1f} | {r['faces_per_s']:.1f} | {r['p50_ms']:.0f} | "
+              f"{r['p95_ms']:.0f} | {r['errors']} |")
+    for name, r in results.items():
+        if r["errors"]:
+            print(f"{name}: first error: {r['first_error']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "cores": os.cpu_count(), "args": vars(args),
+                                               "images": [n for n, _ in images], "results": results}, indent=2))
+        print(f"wrote {args.json}")
+    return 0 if all(r["errors"] == 0 for r in results.values()) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
