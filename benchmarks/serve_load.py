@@ -105,16 +105,24 @@ def plain_loop(images, n_requests: int, threads) -> dict:
     tr = Transfer(device="cpu", threads=threads)
     decoded = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_UNCHANGED) for _, b in images]
 
+    counts: list[int] = []
+
     def send(i):
         data = images[i % len(images)][1]
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
         out, found = tr.apply(img, EMOTIONS[i % len(EMOTIONS)], seed=i, return_faces=True)
         cv2.imencode(".png", out)
+        counts.append(len(found))
         return len(found)
 
     for i in range(len(decoded)):  # warm-up
         send(i)
-    return run_clients(send, n_requests, clients=1)
+    counts.clear()
+    result = run_clients(send, n_requests, clients=1)
+    # one generator call per image, with that image's faces
+    result["faces_per_generator_call"] = sum(counts) / max(1, len(counts))
+    result["largest_batch"] = max(counts, default=0)
+    return result
 
 
 def service_run(url: str, images, n_requests: int, clients: int) -> dict:
@@ -160,12 +168,13 @@ def main(argv=None) -> int:
     ap.add_argument("--max-batch", type=int, default=16, help="faces per generator call when batching")
     ap.add_argument("--batch-wait-ms", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime threads per replica (and for the plain loop)")
-    ap.add_argument("--workers", type=int, default=4, help="worker threads per replica")
+    ap.add_argument("--workers", type=int, default=None, help="worker threads per replica (default: the service's)")
     ap.add_argument("--num-cpus", type=int, default=None, help="CPUs for Ray (default: all)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
 
     images = load_images()
+    load_before = os.getloadavg()
     print(f"{cpu_name()}, {os.cpu_count()} cores; {args.clients} clients, {args.requests} requests per configuration; "
           f"images: {', '.join(name for name, _ in images)}", flush=True)
     results = {}
@@ -195,6 +204,10 @@ def main(argv=None) -> int:
                 serve.run(make_app(options, num_replicas=replicas, ray_actor_options={"num_cpus": 0}),
                           name="fexsdk-load", route_prefix="/", blocking=False)
                 results[name] = service_run(url, images, args.requests, args.clients)
+                with urllib.request.urlopen(f"{url}/stats", timeout=30) as resp:  # one replica's counters
+                    stats = json.loads(resp.read())
+                results[name]["faces_per_generator_call"] = stats["faces"] / max(1, stats["generator_calls"])
+                results[name]["largest_batch"] = stats["largest_batch"]
                 print(f"{name}: {results[name]['req_per_s']:.1f} req/s", flush=True)
                 serve.delete("fexsdk-load")
         finally:
@@ -204,18 +217,22 @@ def main(argv=None) -> int:
     labels = {"plain": "plain Transfer.apply loop, 1 process", "1-on": "serve, 1 replica, batching on",
               "1-off": "serve, 1 replica, batching off", "2-on": "serve, 2 replicas, batching on",
               "2-off": "serve, 2 replicas, batching off"}
-    print()
-    print("| configuration | clients | req/s | faces/s | p50 ms | p95 ms | errors |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    load_after = os.getloadavg()
+    print(f"\nload average (1 min) before {load_before[0]:.1f}, after {load_after[0]:.1f} "
+          f"(other jobs on the machine count in it)")
+    print("| configuration | clients | req/s | faces/s | p50 ms | p95 ms | faces per generator call (largest) | errors |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in results.items():
         clients = 1 if name == "plain" else args.clients
+        batch = f"{r['faces_per_generator_call']:.1f} ({r['largest_batch']})" if "largest_batch" in r else "-"
         print(f"| {labels[name]} | {clients} | {r['req_per_s']:.1f} | {r['faces_per_s']:.1f} | {r['p50_ms']:.0f} | "
-              f"{r['p95_ms']:.0f} | {r['errors']} |")
+              f"{r['p95_ms']:.0f} | {batch} | {r['errors']} |")
     for name, r in results.items():
         if r["errors"]:
             print(f"{name}: first error: {r['first_error']}")
     if args.json:
         Path(args.json).write_text(json.dumps({"cpu": cpu_name(), "cores": os.cpu_count(), "args": vars(args),
+                                               "loadavg_before": load_before, "loadavg_after": load_after,
                                                "images": [n for n, _ in images], "results": results}, indent=2))
         print(f"wrote {args.json}")
     return 0 if all(r["errors"] == 0 for r in results.values()) else 1

@@ -39,7 +39,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.*")
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "docs" / "example.png"  # two faces, 640x360
 MAX_BATCH = 8
-OPTIONS = {"device": "cpu", "threads": 1, "max_batch_size": MAX_BATCH, "batch_wait_s": 0.5, "workers": 4,
+OPTIONS = {"device": "cpu", "threads": 1, "max_batch_size": MAX_BATCH, "batch_wait_s": 1.0, "workers": 4,
            "max_pixels": 4_000_000, "max_body_bytes": 3_000_000}
 
 
@@ -195,7 +195,7 @@ def test_health_and_model(server):
     assert info["metadata"]["emotions"] == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
     assert info["metadata"]["image_size"] == 48 and info["metadata"]["channels"] == 1
     assert info["card"]["preset"] == info["metadata"]["preset"] == "skip-dropout-small"
-    assert info["batching"] == {"max_batch_size": MAX_BATCH, "batch_wait_s": 0.5, "across_requests": True}
+    assert info["batching"] == {"max_batch_size": MAX_BATCH, "batch_wait_s": 1.0, "across_requests": True}
 
 
 def test_concurrent_requests_batched_equal_apply(server, ref, png_bytes, jpeg_bytes):
