@@ -13,10 +13,14 @@ Configurations (each on the same images, same clients, in this order):
     2-on    2 replicas, batched
     2-off   2 replicas, not batched
 
+The service configurations are deployed side by side (one Ray instance, each under its own route
+prefix) and every configuration runs --rounds times, interleaved, so that load from other jobs on a
+shared machine, which drifts over minutes, is spread over all of them.
+
 Images: docs/example.png (640x360, two faces) and, when scikit-image is installed, its astronaut
 (512x512, one face), alternated. Every request names an emotion and a seed. Clients are threads of
-this process (so on a small machine they share its cores with the service); every request's answer
-is checked (200, same size). Prints requests/s, faces/s and the p50/p95 latency seen by the clients.
+this process (so on a small machine they share its cores with the service); every answer is checked
+(200, same size, read from the PNG header). Prints requests/s, faces/s and the p50/p95 latency seen by the clients.
 Ray is started here with --num-cpus CPUs and stopped at the end; only 127.0.0.1 is contacted.
 """
 
@@ -63,13 +67,27 @@ def percentile(values, q) -> float:
     return float(np.percentile(np.asarray(values) * 1000.0, q)) if values else float("nan")
 
 
-def run_clients(send, n_requests: int, clients: int) -> dict:
-    """``send(i)`` does request i and returns its face count; ``clients`` threads share the requests."""
+class Tally:
+    """Latencies, faces, errors and busy time of one configuration, over all its rounds."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.faces = 0
+        self.errors: list[str] = []
+        self.seconds = 0.0
+
+    def result(self) -> dict:
+        n = len(self.latencies)
+        return {"requests": n, "errors": len(self.errors), "first_error": self.errors[0] if self.errors else None,
+                "seconds": self.seconds, "req_per_s": n / self.seconds if self.seconds else float("nan"),
+                "faces_per_s": self.faces / self.seconds if self.seconds else float("nan"),
+                "p50_ms": percentile(self.latencies, 50), "p95_ms": percentile(self.latencies, 95)}
+
+
+def run_clients(send, first: int, n_requests: int, clients: int, tally: Tally) -> None:
+    """``send(i)`` does request i and returns its face count; ``clients`` threads share requests first.. ."""
     lock = threading.Lock()
-    counter = iter(range(n_requests))
-    latencies: list[float] = []
-    faces = [0]
-    errors: list[str] = []
+    counter = iter(range(first, first + n_requests))
 
     def client():
         while True:
@@ -82,12 +100,12 @@ def run_clients(send, n_requests: int, clients: int) -> dict:
                 n = send(i)
             except Exception as exc:  # counted and reported, the run goes on
                 with lock:
-                    errors.append(f"{type(exc).__name__}: {exc}")
+                    tally.errors.append(f"{type(exc).__name__}: {exc}")
                 continue
             dt = time.perf_counter() - t0
             with lock:
-                latencies.append(dt)
-                faces[0] += n
+                tally.latencies.append(dt)
+                tally.faces += n
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     t0 = time.perf_counter()
@@ -95,16 +113,12 @@ def run_clients(send, n_requests: int, clients: int) -> dict:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
-    return {"requests": len(latencies), "errors": len(errors), "first_error": errors[0] if errors else None,
-            "seconds": wall, "req_per_s": len(latencies) / wall, "faces_per_s": faces[0] / wall,
-            "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95)}
+    tally.seconds += time.perf_counter() - t0
 
 
-def plain_loop(images, n_requests: int, threads) -> dict:
+def plain_sender(images, threads):
+    """Transfer.apply on decoded bytes, then encoded: the work the service does for a request."""
     tr = Transfer(device="cpu", threads=threads)
-    decoded = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_UNCHANGED) for _, b in images]
-
     counts: list[int] = []
 
     def send(i):
@@ -115,18 +129,13 @@ def plain_loop(images, n_requests: int, threads) -> dict:
         counts.append(len(found))
         return len(found)
 
-    for i in range(len(decoded)):  # warm-up
-        send(i)
-    counts.clear()
-    result = run_clients(send, n_requests, clients=1)
-    # one generator call per image, with that image's faces
-    result["faces_per_generator_call"] = sum(counts) / max(1, len(counts))
-    result["largest_batch"] = max(counts, default=0)
-    return result
+    return send, counts
 
 
-def service_run(url: str, images, n_requests: int, clients: int) -> dict:
-    sizes = [cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_UNCHANGED).shape for _, b in images]
+def service_sender(url: str, images):
+    from fexsdk.serve import image_dimensions
+
+    sizes = [image_dimensions(b) for _, b in images]
 
     def send(i):
         k = i % len(images)
@@ -135,13 +144,11 @@ def service_run(url: str, images, n_requests: int, clients: int) -> dict:
         with urllib.request.urlopen(req, timeout=120) as resp:
             body = resp.read()
             n = int(resp.headers["X-Face-Count"])
-        if cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_UNCHANGED).shape != sizes[k]:
+        if image_dimensions(body) != sizes[k]:  # checked from the PNG header: the clients stay light
             raise RuntimeError("answer has the wrong size")
         return n
 
-    for i in range(2 * clients):  # warm-up: every replica, the batch queues
-        send(i)
-    return run_clients(send, n_requests, clients)
+    return send
 
 
 def free_port() -> int:
@@ -163,7 +170,8 @@ def cpu_name() -> str:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, default=8, help="concurrent clients")
-    ap.add_argument("--requests", type=int, default=96, help="requests per configuration")
+    ap.add_argument("--requests", type=int, default=96, help="requests per configuration (over all rounds)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds; each runs every configuration in turn")
     ap.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     ap.add_argument("--max-batch", type=int, default=16, help="faces per generator call when batching")
     ap.add_argument("--batch-wait-ms", type=float, default=5.0)
@@ -177,11 +185,13 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()
     print(f"{cpu_name()}, {os.cpu_count()} cores; {args.clients} clients, {args.requests} requests per configuration; "
           f"images: {', '.join(name for name, _ in images)}", flush=True)
-    results = {}
+    tallies = {name: Tally() for name in args.configs}
+    senders = {}
+    plain_counts: list[int] = []
     if "plain" in args.configs:
-        results["plain"] = plain_loop(images, args.requests, args.threads)
-        print(f"plain: {results['plain']['req_per_s']:.1f} req/s", flush=True)
+        senders["plain"], plain_counts = plain_sender(images, args.threads)
     served = [c for c in args.configs if c != "plain"]
+    ray = serve = None
     if served:
         try:
             import ray
@@ -189,28 +199,45 @@ def main(argv=None) -> int:
         except ImportError:
             print("Ray Serve is not installed (pip install 'fexsdk[serve]'): service rows skipped")
             served = []
-    if served:
-        from fexsdk.serve import make_app
+    url = None
+    try:
+        if served:
+            from fexsdk.serve import make_app
 
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        port = free_port()
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        url = f"http://127.0.0.1:{port}"
-        try:
-            for name in served:
+            ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            port = free_port()
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            url = f"http://127.0.0.1:{port}"
+            for name in served:  # every configuration deployed at once, each under its own prefix
                 replicas, batching = CONFIGS[name]
                 options = {"device": "cpu", "threads": args.threads, "workers": args.workers,
                            "max_batch_size": args.max_batch if batching else 1, "batch_wait_s": args.batch_wait_ms / 1000}
                 serve.run(make_app(options, num_replicas=replicas, ray_actor_options={"num_cpus": 0}),
-                          name="fexsdk-load", route_prefix="/", blocking=False)
-                results[name] = service_run(url, images, args.requests, args.clients)
-                with urllib.request.urlopen(f"{url}/stats", timeout=30) as resp:  # one replica's counters
-                    stats = json.loads(resp.read())
-                results[name]["faces_per_generator_call"] = stats["faces"] / max(1, stats["generator_calls"])
-                results[name]["largest_batch"] = stats["largest_batch"]
-                print(f"{name}: {results[name]['req_per_s']:.1f} req/s", flush=True)
-                serve.delete("fexsdk-load")
-        finally:
+                          name=f"load-{name}", route_prefix=f"/{name}", blocking=False)
+                senders[name] = service_sender(f"{url}/{name}", images)
+        for name, send in senders.items():  # warm-up: every replica, the batch queues
+            for i in range(2 * args.clients if name != "plain" else len(images)):
+                send(i)
+        plain_counts.clear()
+        # Rounds, the configurations interleaved in each: load from other jobs drifts over minutes
+        # and should not favour the configuration that happened to run first.
+        per_round = max(1, args.requests // args.rounds)
+        for r in range(args.rounds):
+            for name, send in senders.items():
+                run_clients(send, r * per_round, per_round, 1 if name == "plain" else args.clients, tallies[name])
+            print(f"round {r + 1}/{args.rounds}: " + ", ".join(
+                f"{n} {t.result()['req_per_s']:.1f}" for n, t in tallies.items()) + " req/s so far", flush=True)
+        results = {name: t.result() for name, t in tallies.items()}
+        for name in served:
+            with urllib.request.urlopen(f"{url}/{name}/stats", timeout=30) as resp:  # one replica's counters
+                stats = json.loads(resp.read())
+            results[name]["faces_per_generator_call"] = stats["faces"] / max(1, stats["generator_calls"])
+            results[name]["largest_batch"] = stats["largest_batch"]
+        if plain_counts:  # one generator call per image, with that image's faces
+            results["plain"]["faces_per_generator_call"] = sum(plain_counts) / len(plain_counts)
+            results["plain"]["largest_batch"] = max(plain_counts)
+    finally:
+        if served:
             serve.shutdown()
             ray.shutdown()
 

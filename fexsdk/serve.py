@@ -640,8 +640,12 @@ class FexService:
             reply = _error_reply(413, f"request too large: {int(length):,} bytes; the limit is {self.opts.max_body_bytes:,}")
         else:
             body = await request.body()
+            path = request.url.path
+            root = request.scope.get("root_path") or ""  # the app's route_prefix, when it is not "/"
+            if root.strip("/") and path.startswith(root):
+                path = path[len(root):]
             try:
-                reply = await self.handle(request.method, request.url.path, dict(request.query_params),
+                reply = await self.handle(request.method, path, dict(request.query_params),
                                           dict(request.headers), body)
             except Exception as exc:  # a bug, not the client's fault: say so and keep serving
                 self._error()
