@@ -136,6 +136,24 @@ def test_handler_without_ray_matches_apply(ref, png_bytes):
     assert svc.stats["requests"] == 2 and svc.stats["errors"] == 1
 
 
+def test_route_prefix_is_stripped(png_bytes):
+    """Under a route prefix (serve.yaml's route_prefix) the endpoints keep their names."""
+    starlette = pytest.importorskip("starlette.requests", reason="Starlette comes with Ray Serve")
+    svc = FexService({"device": "cpu", "threads": 1, "workers": 1}, _use_serve_batch=False)
+
+    async def call(path):
+        scope = {"type": "http", "method": "GET", "path": path, "root_path": "/fex", "query_string": b"",
+                 "headers": [], "server": ("127.0.0.1", 80), "scheme": "http"}
+
+        async def receive():
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        return await svc(starlette.Request(scope, receive))
+
+    assert asyncio.run(call("/fex/healthz")).status_code == 200
+    assert asyncio.run(call("/fex/nothing")).status_code == 404
+
+
 def test_cli_parses_serve_options():
     from fexsdk.cli import build_parser
 
