@@ -405,8 +405,9 @@ class _BatchedBackend:
 class FexService:
     """The request handler of one replica: one Transfer, worker threads, and the batch queue.
 
-    Usable without Ray (``batch=None`` runs each request's faces by themselves); Ray Serve wraps it as a
-    deployment in :func:`build_app`, where ``__call__`` answers Starlette requests.
+    Usable without Ray through :meth:`handle` (``_use_serve_batch=False``: each request's faces go through the
+    generator by themselves); Ray Serve wraps it as a deployment in :func:`make_app`, where ``__call__``
+    answers Starlette requests.
     """
 
     def __init__(self, options: Optional[Mapping[str, Any]] = None, _use_serve_batch: bool = True) -> None:
@@ -651,10 +652,6 @@ class FexService:
                 self._error()
                 reply = _error_reply(500, f"internal error: {type(exc).__name__}: {exc}")
         return Response(reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.headers)
-
-    def check_health(self) -> None:  # Ray Serve calls this periodically
-        if self._workers._shutdown:
-            raise RuntimeError("worker pool is shut down")
 
 
 class _LockedBackend:
