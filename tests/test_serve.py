@@ -347,3 +347,18 @@ def test_cluster_yaml_is_a_valid_serve_config():
     assert deployment.autoscaling_config["max_replicas"] > deployment.autoscaling_config["min_replicas"]
     opts = ServeOptions.from_args(app.args)
     assert opts.device == "cuda" and opts.max_batch_size == 64
+
+
+def test_load_benchmark_plain_loop_runs(tmp_path):
+    """benchmarks/serve_load.py end to end on its no-Ray row (the service rows are what the module above tests)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "load.json"
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "serve_load.py"), "--configs", "plain",
+                           "--requests", "4", "--rounds", "2", "--json", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out.read_text())["results"]["plain"]
+    assert result["requests"] == 4 and result["errors"] == 0 and result["req_per_s"] > 0
+    assert result["largest_batch"] >= 1 and "| plain Transfer.apply loop, 1 process | 1 |" in proc.stdout
