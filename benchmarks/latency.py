@@ -493,7 +493,7 @@ def build_backend(key: str, models: Models, args, tmp: Path, calib: np.ndarray, 
                        "quantized_tensors": q.quantized_nodes, "size_bytes": q.size_bytes,
                        "fp32_size_bytes": models.onnx.stat().st_size, "seconds": time.perf_counter() - t0})
         return Built(key, OnnxBackend(dst, "cpu", threads), "cpu", "int8", (dst, "cpu"),
-                     [f"QDQ int8, per-channel weights, calibrated on {q.calibration_count} {calib_desc}"])
+                     [f"QDQ int8, per-channel 7-bit weights (reduce_range), calibrated on {q.calibration_count} {calib_desc}"])
     if key == "ort-cuda":
         available = ort.get_available_providers()
         if "CUDAExecutionProvider" not in available:

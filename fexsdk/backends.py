@@ -57,8 +57,12 @@ class OnnxBackend:
             providers.insert(0, ("CUDAExecutionProvider", {"device_id": device_id}))
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = threads
+        opts.intra_op_num_threads = threads or default_threads()
+        opts.inter_op_num_threads = 1
+        # Idle pool threads sleep instead of spinning: a spinning pool on cores that other processes
+        # share makes everything on the machine crawl (the test suite took 30 min beside one busy core).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
         opts.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=providers)
@@ -104,11 +108,39 @@ class TorchBackend:
             return self.G(*args).float().cpu().numpy()
 
 
+#: Upper bound of the default CPU thread count: more threads hardly speed up a 48x48 generator.
+MAX_DEFAULT_THREADS = 4
+
+
+def default_threads() -> int:
+    """CPU threads when none are asked for: the CPUs this process may use, at most 4."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        usable = os.cpu_count() or 1
+    return max(1, min(MAX_DEFAULT_THREADS, usable))
+
+
+def check_threads(threads) -> Optional[int]:
+    """None or an int >= 1; anything else is a ValueError."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1 (or None for the default), got {threads!r}")
+    return int(threads)
+
+
 def load_backend(model: str | os.PathLike, device: str = "auto", threads: Optional[int] = None) -> Backend:
     """Open a model file with the backend its suffix names."""
-    if device not in DEVICES and not str(device).startswith("cuda:"):
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    if not isinstance(device, str) or (device not in DEVICES and not device.startswith("cuda:")):
+        raise ValueError(f"device must be one of {DEVICES} or 'cuda:N', got {device!r}")
+    threads = check_threads(threads)
+    if isinstance(model, bytes) or not isinstance(model, (str, os.PathLike)):
+        raise ValueError(f"model must be a path to a model file (.onnx, .engine, .pt) or None for the bundled "
+                         f"model, got {type(model).__name__} {model!r}")
     path = Path(model)
+    if path.is_dir():
+        raise ValueError(f"model {path} is a folder; give the model file (.onnx, .engine, .pt)")
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     suffix = path.suffix.lower()

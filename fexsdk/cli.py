@@ -4,10 +4,81 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from fexsdk._extras import require
+
+
+def _int_range(low: int, high: int | None = None):
+    """argparse type: an integer in [low, high]; the error names the option (argparse adds it)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            want = f">= {low}" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"must be an integer {want}, got {value}")
+        return value
+    return parse
+
+
+def _float_range(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False):
+    """argparse type: a finite number in the interval (brackets as given)."""
+    lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+    span = f"> {low:g}" if high == math.inf and low_open else f">= {low:g}" if high == math.inf else f"in {lo}{low:g}, {high:g}{hi}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        ok = math.isfinite(value) and (value > low if low_open else value >= low) and \
+            (value < high if high_open else value <= high)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be a number {span}, got {text}")
+        return value
+    return parse
+
+
+_SEED = _int_range(0)
+_POSITIVE = _int_range(1)
+
+
+def _check_out_folder(out: str | None, option: str = "--out") -> None:
+    """An output folder may exist (as a folder) or not yet; a file there is refused before any work."""
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ValueError(f"{option} {out} is a file; give a folder (it is created if missing)")
+
+
+def _check_image_input(path: str) -> None:
+    if Path(path).is_dir():
+        raise ValueError(f"{path} is a folder, not an image file")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"image file not found: {path}")
+
+
+def _check_image_output(output: str, inputs: Sequence[str] = ()) -> None:
+    """Refuse an output image path that cannot be written, before any work is done."""
+    import cv2
+
+    path = Path(output)
+    if path.is_dir():
+        raise ValueError(f"output {path} is a folder; give a file name such as {path / 'out.png'}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {parent} (create it first)")
+    if not path.suffix:
+        raise ValueError(f"output {path} has no extension; add one that names the image format, e.g. {path}.png or .jpg")
+    if not cv2.haveImageWriter(str(path)):
+        raise ValueError(f"output {path}: OpenCV cannot write {path.suffix!r} images; use .png, .jpg, .bmp, .tif or .webp")
+    for src in inputs:
+        if Path(src).exists() and path.exists() and os.path.samefile(src, path):
+            raise ValueError(f"output {path} is the input image; writing it would replace your original: choose another name")
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -15,41 +86,48 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", default="skip-dropout-small", help="model preset (see --list-presets)")
     p.add_argument("--list-presets", action="store_true", help="print the presets and exit")
     p.add_argument("--data", help="FER2013: fer2013.csv, the Kaggle folder layout, or an .npz")
-    p.add_argument("--synthetic", type=int, default=0, metavar="N", help="train on N synthetic images instead of --data")
+    p.add_argument("--synthetic", type=_int_range(0), default=0, metavar="N", help="train on N synthetic images instead of --data")
     p.add_argument("--second-domain", metavar="DIR", help="image folder DIR/<emotion>/* trained jointly via the mask vector")
-    p.add_argument("--out", default="runs/default", help="output folder (checkpoints, logs, plots, samples)")
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--max-steps", type=int, help="stop after this many iterations (overrides --epochs)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr-g", type=float, default=1e-4)
-    p.add_argument("--lr-d", type=float, default=1e-4)
-    p.add_argument("--n-critic", type=int, help="D steps per G step (preset: 5 for WGAN-GP, 1 for the R1 recipe)")
+    p.add_argument("--out", default="runs/default",
+                   help="output folder (checkpoints, logs, plots, samples); a non-empty one needs --resume or --overwrite")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train from scratch into a non-empty --out, replacing its checkpoints and logs")
+    p.add_argument("--epochs", type=_float_range(0, low_open=True), default=1.0,
+                   help="passes over the training images (fractions allowed; default 1)")
+    p.add_argument("--max-steps", type=_POSITIVE, help="stop after this many iterations (overrides --epochs)")
+    p.add_argument("--batch-size", type=_int_range(2), default=16, help="images per batch (default 16)")
+    p.add_argument("--lr-g", type=_float_range(0, low_open=True), default=1e-4, help="generator learning rate (default 1e-4)")
+    p.add_argument("--lr-d", type=_float_range(0, low_open=True), default=1e-4,
+                   help="discriminator learning rate (default 1e-4)")
+    p.add_argument("--n-critic", type=_POSITIVE, help="D steps per G step (preset: 5 for WGAN-GP, 1 for the R1 recipe)")
     p.add_argument("--adversarial", choices=["wgan-gp", "r1"], help="adversarial loss (preset's by default)")
     p.add_argument("--upsample", choices=["transpose", "nearest", "bilinear"],
                    help="generator up-sampling: transposed conv or resize + conv (preset's by default)")
-    p.add_argument("--ema-beta", type=float, default=0.999, help="decay of the EMA generator (0: off)")
-    p.add_argument("--decay-start", type=float, default=0.5, help="fraction of the run after which LRs decay linearly to 0")
+    p.add_argument("--ema-beta", type=_float_range(0, 1, high_open=True), default=0.999,
+                   help="decay of the EMA generator (0: off)")
+    p.add_argument("--decay-start", type=_float_range(0, 1), default=0.5,
+                   help="fraction of the run after which LRs decay linearly to 0")
     p.add_argument("--input-skip", action=argparse.BooleanOptionalAction, default=None,
                    help="generator output = input + learned residual (default: the preset's)")
     p.add_argument("--perceptual", action=argparse.BooleanOptionalAction, default=None,
                    help="force the perceptual (feature) cycle loss on or off (default: the preset's)")
-    p.add_argument("--perceptual-start-epoch", type=float, help="epoch the perceptual loss switches in (preset: 40)")
+    p.add_argument("--perceptual-start-epoch", type=_float_range(0), help="epoch the perceptual loss switches in (preset: 40)")
     p.add_argument("--perceptual-mode", choices=["replace", "add"], help="feature loss replaces or adds to the pixel loss")
-    p.add_argument("--lambda-cls", type=float, help="weight of the classification loss (preset: 1, StarGAN's)")
-    p.add_argument("--conv-dim", type=int, help="base channels of G and D (overrides the preset's width)")
-    p.add_argument("--n-res", type=int, help="residual blocks in G (overrides the preset's depth)")
-    p.add_argument("--image-size", type=int, default=48)
-    p.add_argument("--channels", type=int, default=1, choices=[1, 3])
+    p.add_argument("--lambda-cls", type=_float_range(0), help="weight of the classification loss (preset: 1, StarGAN's)")
+    p.add_argument("--conv-dim", type=_POSITIVE, help="base channels of G and D (overrides the preset's width)")
+    p.add_argument("--n-res", type=_int_range(0), help="residual blocks in G (overrides the preset's depth)")
+    p.add_argument("--image-size", type=_int_range(16), default=48, help="training image side in pixels (default 48, FER2013's)")
+    p.add_argument("--channels", type=int, default=1, choices=[1, 3], help="1 (gray, FER2013) or 3 (RGB)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: bf16 autocast on CUDA and on CPUs with AVX-512 BF16/AMX, else fp32 (bf16 is ~16x slower on AVX2)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--log-every", type=int, default=50)
-    p.add_argument("--sample-every", type=int, default=500)
-    p.add_argument("--ckpt-every", type=int, default=500)
+    p.add_argument("--threads", type=_POSITIVE, help="torch CPU threads (default: torch's; 1 beside other heavy work)")
+    p.add_argument("--seed", type=_SEED, default=0, help="seeds initialisation, data order and noise (default 0)")
+    p.add_argument("--log-every", type=_POSITIVE, default=50, help="write scalars.csv every N iterations")
+    p.add_argument("--sample-every", type=_POSITIVE, default=500, help="write a sample grid every N iterations")
+    p.add_argument("--ckpt-every", type=_POSITIVE, default=500, help="validate and write checkpoints every N iterations")
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt")
-    p.add_argument("--time-limit", type=float, metavar="MIN",
+    p.add_argument("--time-limit", type=_float_range(0, low_open=True), metavar="MIN",
                    help="stop cleanly after MIN minutes with a checkpoint; rerun with --resume to go on")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
     p.add_argument("--time-schedule", action="store_true",
@@ -75,7 +153,7 @@ def _run_train(args: argparse.Namespace) -> int:
         image_size=args.image_size, channels=args.channels,
         precision=args.precision, device=args.device, threads=args.threads, seed=args.seed, log_every=args.log_every,
         sample_every=args.sample_every, ckpt_every=args.ckpt_every, resume=args.resume, progress=not args.no_progress,
-        time_limit_min=args.time_limit, time_schedule=args.time_schedule,
+        time_limit_min=args.time_limit, time_schedule=args.time_schedule, overwrite=args.overwrite,
     )
     trainer = Trainer(cfg)
     out = trainer.fit()
@@ -89,15 +167,15 @@ def _run_train(args: argparse.Namespace) -> int:
 def _add_train_classifier(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train-classifier", help="train the ResNet18 expression classifier (needs the [train] extra)")
     p.add_argument("--data", required=True, help="FER2013: fer2013.csv, the Kaggle folder layout, or an .npz")
-    p.add_argument("--out", default="runs/classifier")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.1)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16")
-    p.add_argument("--threads", type=int)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/classifier", help="output folder (checkpoints and logs)")
+    p.add_argument("--epochs", type=_POSITIVE, default=30, help="passes over the training images (default 30)")
+    p.add_argument("--batch-size", type=_POSITIVE, default=64, help="images per batch (default 64)")
+    p.add_argument("--lr", type=_float_range(0, low_open=True), default=0.1, help="peak SGD learning rate (default 0.1)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="bf16", help="bf16 autocast or fp32 (default bf16)")
+    p.add_argument("--threads", type=_POSITIVE, help="torch CPU threads")
+    p.add_argument("--seed", type=_SEED, default=0, help="seeds initialisation, data order and augmentation")
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train_classifier)
 
 
@@ -105,6 +183,7 @@ def _run_train_classifier(args: argparse.Namespace) -> int:
     require("torch", "train", "fex train-classifier")
     from training.classifier import ClassifierTrainConfig, train_classifier
 
+    _check_out_folder(args.out)
     out = train_classifier(ClassifierTrainConfig(
         data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         precision=args.precision, threads=args.threads, seed=args.seed, resume=args.resume,
@@ -119,8 +198,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--classifier", help="classifier (.safetensors or training checkpoint)")
     p.add_argument("--data", help="FER2013 csv, Kaggle folder or any .npz with images and labels")
     p.add_argument("--split", default="public", help="train, public, private, test or all (default: public)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="test-time noise seeds")
-    p.add_argument("--limit", type=int, help="use only the first N images (quick checks)")
+    p.add_argument("--seeds", type=_SEED, nargs="+", default=[0, 1, 2], help="test-time noise seeds")
+    p.add_argument("--limit", type=_POSITIVE, help="use only the first N images (quick checks)")
     p.add_argument("--name", help="row name (default: the generator's folder name)")
     p.add_argument("--out", help="folder for results.json, results.md and confusion PNGs")
     p.add_argument("--table", nargs="+", metavar="DIR", help="print one table from several result folders and exit")
@@ -139,12 +218,13 @@ def _run_eval(args: argparse.Namespace) -> int:
         return 0
     if not args.classifier or not args.data:
         raise ValueError("fex eval needs --classifier and --data (or --table DIR ...)")
+    _check_out_folder(args.out)
     from training.classifier import load_classifier
     from training.data import FaceDataset, load_dataset
 
     clf = load_classifier(args.classifier)
     data = load_dataset(args.data, args.split, clf.config.image_size, clf.config.in_channels)
-    if args.limit:
+    if args.limit is not None:
         data = FaceDataset(data.images[: args.limit], data.labels[: args.limit], data.name)
     result = evaluate(data, clf, args.generator, seeds=args.seeds, name=args.name, classifier_name=str(args.classifier),
                       device=args.device)
@@ -159,31 +239,33 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a generator to ONNX or a TensorRT engine")
     kinds = p.add_subparsers(dest="kind", required=True)
     o = kinds.add_parser("onnx", help="training checkpoint -> ONNX (needs the [train] extra)")
-    o.add_argument("checkpoint")
-    o.add_argument("-o", "--output", default="model.onnx")
-    o.add_argument("--opset", type=int, default=17)
+    o.add_argument("checkpoint", help="training checkpoint (OUT/last.pt or OUT/best.pt of fex train)")
+    o.add_argument("-o", "--output", default="model.onnx", help="ONNX file to write (default model.onnx)")
+    o.add_argument("--opset", type=_POSITIVE, default=17, help="ONNX opset (default 17)")
     o.add_argument("--fp16", action="store_true", help="half-precision weights and activations (float32 inputs/outputs)")
     o.add_argument("--no-check", action="store_true", help="skip the PyTorch vs onnxruntime parity check")
     o.set_defaults(func=_run_export_onnx)
     q = kinds.add_parser("int8", help="ONNX -> int8 (QDQ) ONNX for fast CPU inference, calibrated on real faces")
-    q.add_argument("onnx")
-    q.add_argument("-o", "--output", required=True)
+    q.add_argument("onnx", help="fp32 ONNX model exported by fex export onnx")
+    q.add_argument("-o", "--output", required=True, help="int8 ONNX file to write")
     q.add_argument("--data", required=True, help="FER2013 csv/folder/npz: calibration faces from its Training split")
-    q.add_argument("--count", type=int, default=256, help="number of calibration faces")
+    q.add_argument("--count", type=_POSITIVE, default=256, help="number of calibration faces")
     q.set_defaults(func=_run_export_int8)
     c = kinds.add_parser("classifier", help="classifier checkpoint -> fp16 safetensors + JSON card (needs [train])")
-    c.add_argument("checkpoint")
-    c.add_argument("-o", "--output", default="training/weights/resnet18_fer2013.safetensors")
+    c.add_argument("checkpoint", help="classifier checkpoint from fex train-classifier")
+    c.add_argument("-o", "--output", default="training/weights/resnet18_fer2013.safetensors",
+                   help="safetensors file to write (its JSON card goes beside it)")
     c.add_argument("--data", help="evaluate on this data's PublicTest split and record the scores in the card")
     c.set_defaults(func=_run_export_classifier)
     e = kinds.add_parser("engine", help="ONNX -> TensorRT engine (needs a GPU and the [trt] or [trt-rtx] extra)")
-    e.add_argument("onnx")
-    e.add_argument("-o", "--output", default="model.engine")
-    e.add_argument("--precision", choices=["fp16", "fp32"], default="fp16")
+    e.add_argument("onnx", help="ONNX model exported by fex export onnx")
+    e.add_argument("-o", "--output", default="model.engine", help="engine file to write (default model.engine)")
+    e.add_argument("--precision", choices=["fp16", "fp32"], default="fp16", help="engine precision (default fp16)")
     e.add_argument("--batch", default="1,4,16", help="optimisation profile over batch sizes: MIN,OPT,MAX")
     e.add_argument("--timing-cache", default="timing.cache", help="timing cache file reused across builds ('' for none)")
-    e.add_argument("--verbosity", choices=["error", "warning", "info", "verbose"], default="warning")
-    e.add_argument("--workspace-mib", type=int, default=1024)
+    e.add_argument("--verbosity", choices=["error", "warning", "info", "verbose"], default="warning",
+                   help="TensorRT log level (default warning)")
+    e.add_argument("--workspace-mib", type=_POSITIVE, default=1024, help="builder workspace limit in MiB (default 1024)")
     e.set_defaults(func=_run_export_engine)
 
 
@@ -257,31 +339,41 @@ def _add_runtime(sub: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", help="model file (.onnx, .engine, .pt); default: the bundled model")
     common.add_argument("--detector", help="haar (default), a YuNet .onnx path or an SSD .pb path")
-    common.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    common.add_argument("--seed", type=int, default=0, help="test-time noise seed (same seed, same result)")
-    common.add_argument("--blend", choices=["residual", "replace"], default="residual")
+    common.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="where the model runs: auto (a GPU when the backend has one), cpu or cuda")
+    common.add_argument("--threads", type=_POSITIVE, help="CPU threads for the model (default: the CPUs, at most 4)")
+    common.add_argument("--seed", type=_SEED, default=0, help="test-time noise seed (same seed, same result)")
+    common.add_argument("--blend", choices=["residual", "replace"], default="residual",
+                        help="residual: add the model's change to the face's luminance (default); replace: paste its output")
     a = sub.add_parser("apply", parents=[common], help="change the expression of every face in an image")
-    a.add_argument("input")
-    a.add_argument("-e", "--emotion", required=True, help="target emotion: name, alias or index; or name=0.7,name=0.3")
-    a.add_argument("-o", "--output", required=True)
-    a.add_argument("--strength", type=float, default=1.0)
+    a.add_argument("input", help="image file (8-bit, 16-bit or float; gray, BGR or with alpha)")
+    a.add_argument("-e", "--emotion", required=True,
+                   help="target emotion: name, alias or index 0-6; or intensities name=0.7,name=0.3 (each in [0, 1], sum <= 1)")
+    a.add_argument("-o", "--output", required=True, help="image file to write; its extension names the format (.png, .jpg)")
+    a.add_argument("--strength", type=_float_range(0, 2), default=1.0,
+                   help="scales the change, 0-2 (0 = unchanged, 1 = the model's change; default 1)")
     a.set_defaults(func=_run_apply)
     g = sub.add_parser("grid", parents=[common], help="each face and its 7 expressions side by side")
-    g.add_argument("input")
-    g.add_argument("-o", "--output", required=True)
-    g.add_argument("--cell", type=int, default=144, help="size of each cell in pixels")
+    g.add_argument("input", help="image file with one or more faces")
+    g.add_argument("-o", "--output", required=True, help="image file to write; its extension names the format (.png, .jpg)")
+    g.add_argument("--cell", type=_int_range(16, 2048), default=144, help="size of each cell in pixels (16-2048)")
     g.set_defaults(func=_run_grid)
 
 
 def parse_target(text: str):
-    """"surprise" -> "surprise"; "happy=0.7,surprise=0.3" -> {"happy": 0.7, "surprise": 0.3}."""
+    """"surprise" -> "surprise"; "3" -> 3; "happy=0.7,surprise=0.3" -> {"happy": 0.7, "surprise": 0.3}.
+
+    An emotion given twice is refused (it would otherwise keep the last value)."""
     if "=" not in text:
-        return text
+        return int(text.strip()) if text.strip().isdigit() else text
     out = {}
     for part in text.split(","):
         name, _, value = part.partition("=")
+        name = name.strip()
+        if name in out:
+            raise ValueError(f"-e: {name!r} is given twice in {text!r}; give each emotion once")
         try:
-            out[name.strip()] = float(value)
+            out[name] = float(value)
         except ValueError:
             raise ValueError(f"bad intensity in {part!r}: expected name=number") from None
     return out
@@ -290,22 +382,28 @@ def parse_target(text: str):
 def _transfer(args: argparse.Namespace):
     from fexsdk.transfer import Transfer
 
-    return Transfer(args.model, device=args.device, detector=args.detector, blend=args.blend)
+    return Transfer(args.model, device=args.device, detector=args.detector, blend=args.blend, threads=args.threads)
 
 
 def _write(path: str, image) -> None:
     import cv2
 
     if not cv2.imwrite(path, image):
-        raise ValueError(f"could not write {path} (is the extension an image format, e.g. .png or .jpg?)")
+        raise ValueError(f"OpenCV could not write {path} (disk full, or no permission?)")
 
 
 def _run_apply(args: argparse.Namespace) -> int:
+    from fexsdk.emotions import canonical_name, target_vector
+
+    _check_image_input(args.input)
+    _check_image_output(args.output, [args.input])
+    target = parse_target(args.emotion)
+    target_vector(target)  # a bad -e fails before the model is loaded
     tr = _transfer(args)
-    image, faces = tr.apply(args.input, parse_target(args.emotion), seed=args.seed, strength=args.strength,
-                            return_faces=True)
+    image, faces = tr.apply(args.input, target, seed=args.seed, strength=args.strength, return_faces=True)
     _write(args.output, image)
-    print(f"{len(faces)} face(s) changed to {args.emotion}; wrote {args.output}" if faces
+    what = args.emotion if isinstance(target, dict) else canonical_name(target)
+    print(f"{len(faces)} face(s) changed to {what}; wrote {args.output}" if faces
           else f"no face found in {args.input}; wrote it unchanged to {args.output}")
     return 0
 
@@ -318,6 +416,8 @@ def _run_grid(args: argparse.Namespace) -> int:
     from fexsdk.emotions import EMOTIONS
     from fexsdk.transfer import load_image
 
+    _check_image_input(args.input)
+    _check_image_output(args.output, [args.input])
     tr = _transfer(args)
     image = load_image(args.input)
     bgr = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR) if image.ndim == 2 else image[..., :3]
@@ -346,29 +446,35 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                                    "1-7 emotion, n/p next/previous, s save a frame, space original/transfer, q/Esc quit. "
                                    "With --output or --headless no window is opened.")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--camera", type=int, metavar="INDEX", help="webcam index (default: 0 when no --input)")
+    src.add_argument("--camera", type=_int_range(0), metavar="INDEX", help="webcam index (default: 0 when no --input)")
     src.add_argument("--input", metavar="VIDEO", help="a video file (every frame is processed, in order) or a stream URL")
-    p.add_argument("--output", metavar="VIDEO", help="write the result here (.mp4: mp4v, .avi: MJPG, .mkv: lossless FFV1); no window")
+    p.add_argument("--output", metavar="VIDEO",
+                   help="write the result here (.mp4: mp4v, .avi: MJPG, .mkv: lossless FFV1; not the input); no window")
     p.add_argument("--headless", action="store_true", help="no window (with no --output: process and print statistics)")
     p.add_argument("--no-overlay", action="store_true", help="do not draw the emotion, FPS and timings on the frames")
     p.add_argument("--model", help="model file (.onnx, .engine, .pt); default: the bundled model")
     p.add_argument("--detector", help="haar (default), a YuNet .onnx path or an SSD .pb path")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--threads", type=int, help="onnxruntime CPU threads")
-    p.add_argument("--blend", choices=["residual", "replace"], default="residual")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where the model runs: auto (a GPU when the backend has one), cpu or cuda")
+    p.add_argument("--threads", type=_POSITIVE, help="CPU threads for the model (default: the CPUs, at most 4)")
+    p.add_argument("--blend", choices=["residual", "replace"], default="residual",
+                   help="residual: add the model's change to the face's luminance (default); replace: paste its output")
     p.add_argument("-e", "--emotion", default="happy", help="emotion to start with: name, alias or index 0-6 (default: happy)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed; face track i keeps seed+i for its whole life")
+    p.add_argument("--seed", type=_SEED, default=0, help="noise seed; face track i keeps seed+i for its whole life")
     p.add_argument("--fresh-noise", action="store_true", help="draw new dropout noise every frame (flickers; for comparison)")
-    p.add_argument("--strength", type=float, default=1.0, help="scales the change (0 = unchanged)")
-    p.add_argument("--detect-every", type=int, default=3, metavar="K", help="run the face detector every K frames, track in between")
-    p.add_argument("--smoothing", type=float, default=0.5, help="box smoothing in [0, 1): weight of the previous box")
-    p.add_argument("--velocity", type=float, default=0.3,
+    p.add_argument("--strength", type=_float_range(0, 2), default=1.0,
+                   help="scales the change, 0-2 (0 = unchanged, 1 = the model's change; default 1)")
+    p.add_argument("--detect-every", type=_POSITIVE, default=3, metavar="K", help="run the face detector every K frames, track in between")
+    p.add_argument("--smoothing", type=_float_range(0, 1, high_open=True), default=0.5,
+                   help="box smoothing in [0, 1): weight of the previous box")
+    p.add_argument("--velocity", type=_float_range(0, 1), default=0.3,
                    help="in [0, 1]: how fast boxes learn a face's motion and move on between detections (0: hold them)")
-    p.add_argument("--drop-after", type=int, default=3, metavar="N", help="forget a face not seen for N detections in a row")
-    p.add_argument("--max-frames", type=int, metavar="N", help="stop after N frames")
+    p.add_argument("--drop-after", type=_POSITIVE, default=3, metavar="N", help="forget a face not seen for N detections in a row")
+    p.add_argument("--max-frames", type=_POSITIVE, metavar="N", help="stop after N frames")
     p.add_argument("--fourcc", help="output codec, 4 characters (e.g. mp4v, MJPG, FFV1, XVID)")
     p.add_argument("--save-dir", default=".", help="where the s key saves frames")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the source to open or give a frame")
+    p.add_argument("--timeout", type=_float_range(0, low_open=True), default=10.0,
+                   help="seconds to wait for the source to open or give a frame")
     p.set_defaults(func=_run_demo)
 
 
@@ -392,6 +498,10 @@ def _run_demo(args: argparse.Namespace) -> int:
         print(f"dropped {stats.dropped} stale camera frame(s) to keep up")
     if stats.output:
         print(f"wrote {stats.output} ({stats.written} frames)")
+    if stats.reason == "truncated":
+        print(f"fex demo: warning: {args.input} ended after {stats.read} of the {stats.expected_frames} frames its "
+              "header announces: the file is truncated or damaged", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -443,6 +553,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # OpenMP pools (PyTorch's) wait passively unless the user chose otherwise: spinning threads on
+    # cores that other processes share slow everything down (read when torch loads, which is later).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -55,6 +55,8 @@ def emotion_index(name: str | int) -> int:
         raise ValueError(f"emotion index {int(name)} is out of range; {_valid_names_message()}")
     if not isinstance(name, str):
         raise ValueError(f"emotion must be a name or an index, got {type(name).__name__}; {_valid_names_message()}")
+    if name.strip().isdigit():  # "3", as typed on a command line
+        return emotion_index(int(name.strip()))
     key = name.strip().lower()
     key = ALIASES.get(key, key)
     if key in EMOTIONS:
@@ -77,32 +79,63 @@ def one_hot(index: int | str, num: int = NUM_EMOTIONS) -> np.ndarray:
 def target_vector(target: Target) -> np.ndarray:
     """Turn a target (name, alias, index or ``{name: intensity}``) into a label vector.
 
-    A dict gives a soft label: intensities must be >= 0 and not all zero; they are
-    used as given when they sum to at most 1 (so ``{"happy": 0.5}`` is half-way
-    between no emotion code and full happy) and scaled to sum 1 otherwise.
+    A dict gives a soft label, used as given: each intensity in [0, 1], their sum
+    at most 1 and not 0 (so ``{"happy": 0.5}`` is half-way between no emotion code
+    and full happy). An emotion named twice (``{"happy": .5, "joy": .5}``) is refused.
     """
+    check_target(target)
     if isinstance(target, Mapping):
         vec = np.zeros(NUM_EMOTIONS, dtype=np.float32)
+        named: dict[int, str] = {}
         for key, value in target.items():
+            if isinstance(value, (bool, np.bool_)) or isinstance(value, (str, bytes)):
+                raise ValueError(f"intensity for {key!r} must be a number, got {value!r}")
             try:
                 v = float(value)
             except (TypeError, ValueError):
                 raise ValueError(f"intensity for {key!r} must be a number, got {value!r}") from None
-            if not np.isfinite(v) or v < 0:
-                raise ValueError(f"intensity for {key!r} must be a finite number >= 0, got {value!r}")
-            vec[emotion_index(key)] += v
+            if not np.isfinite(v) or not 0.0 <= v <= 1.0:
+                raise ValueError(f"intensity for {key!r} must be a number in [0, 1], got {value!r}")
+            index = emotion_index(key)
+            if index in named:
+                raise ValueError(f"{key!r} and {named[index]!r} name the same emotion ({EMOTIONS[index]}); give each "
+                                 "emotion once")
+            named[index] = key
+            vec[index] = v
         total = float(vec.sum())
         if total <= 0:
             raise ValueError(f"intensities must not all be zero, got {dict(target)!r}")
-        if total > 1.0:
-            vec /= total
+        if total > 1.0 + 1e-6:
+            raise ValueError(f"intensities must add up to at most 1, got {total:g} from {dict(target)!r}")
         return vec
     return one_hot(emotion_index(target))
 
 
+def _is_single(target) -> bool:
+    return isinstance(target, (str, int, np.integer, Mapping))
+
+
+def check_target(targets) -> None:
+    """Refuse what is not a target, or a list of them, with a ValueError that says what a target is.
+
+    Checks types only (names and values are checked by :func:`target_vector`)."""
+    what = ('a target is an emotion name or alias ("surprise"), an index 0-6, a dict of intensities '
+            '({"happy": 0.7}) or a list with one of those per face')
+    if targets is None or isinstance(targets, (bool, np.bool_, float, np.floating, bytes)):
+        raise ValueError(f"{what}; got {type(targets).__name__} {targets!r}")
+    if _is_single(targets):
+        return
+    if not isinstance(targets, (list, tuple, np.ndarray)):
+        raise ValueError(f"{what}; got {type(targets).__name__} {targets!r}")
+    for t in targets:
+        if t is None or isinstance(t, (bool, np.bool_, float, np.floating, bytes)) or not _is_single(t):
+            raise ValueError(f"{what}; got {type(t).__name__} {t!r} in the list")
+
+
 def target_matrix(targets: Target | Iterable[Target], count: int) -> np.ndarray:
     """Label vectors for ``count`` faces: one target for all, or one per face."""
-    if isinstance(targets, (str, int, np.integer, Mapping)):
+    check_target(targets)
+    if _is_single(targets):
         return np.repeat(target_vector(targets)[None], count, axis=0)
     items = list(targets)
     if len(items) != count:

@@ -247,13 +247,25 @@ class YuNetDetector:
             raise ValueError(f"max_side must be >= 32 or None, got {max_side}")
         self.min_face = None if min_face is None else float(min_face)
         self.max_side = None if max_side is None else int(max_side)
+        not_yunet = (f"{path} is not a YuNet face detector (OpenCV could not run it as one); pass "
+                     "face_detection_yunet_2023mar.onnx, an SSD .pb, or 'haar'")
+        log = getattr(getattr(cv2, "utils", None), "logging", None)
+        level = log.getLogLevel() if log is not None else None
         try:
+            if log is not None:  # OpenCV logs its own errors for a foreign model; the ValueError says it
+                log.setLogLevel(log.LOG_LEVEL_SILENT)
             self._net = cv2.FaceDetectorYN.create(
                 str(path), "", (320, 320), self.score_threshold, self.nms_threshold, self.top_k
             )
-        except cv2.error as exc:
-            raise RuntimeError(f"OpenCV could not load the YuNet model {path}: {exc}") from exc
-        self._size: tuple[int, int] | None = None
+            # Any ONNX file loads; one that is not YuNet fails only when run. Find out now, on a blank frame.
+            self._net.setInputSize((64, 64))
+            self._net.detect(np.zeros((64, 64, 3), np.uint8))
+        except cv2.error:
+            raise ValueError(not_yunet) from None
+        finally:
+            if level is not None:
+                log.setLogLevel(level)
+        self._size: tuple[int, int] | None = (64, 64)
 
     def detect(self, image: np.ndarray) -> list[Face]:
         bgr = to_bgr(image)

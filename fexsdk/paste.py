@@ -28,6 +28,8 @@ from fexsdk.crops import CropBox
 __all__ = ["BLEND_MODES", "DEFAULT_FEATHER", "face_mask", "paste_back"]
 
 BLEND_MODES = ("residual", "replace")
+#: The largest ``strength``: twice the model's change. Beyond it the change only blows the face out.
+MAX_STRENGTH = 2.0
 #: Width of the mask's soft edge as a fraction of the ellipse's radius.
 DEFAULT_FEATHER = 0.3
 #: Semi-axes of the mask's ellipse as fractions of the box side (x, y): a FER2013
@@ -141,8 +143,8 @@ def paste_back(
     if isinstance(strength, bool) or not isinstance(strength, Real):
         raise ValueError(f"strength must be a number, got {strength!r}")
     strength = float(strength)
-    if not math.isfinite(strength) or strength < 0:
-        raise ValueError(f"strength must be finite and >= 0, got {strength}")
+    if not math.isfinite(strength) or not 0 <= strength <= MAX_STRENGTH:
+        raise ValueError(f"strength must be a number in [0, {MAX_STRENGTH:g}], got {strength}")
     if isinstance(feather, bool) or not isinstance(feather, Real) or not 0.0 <= float(feather) <= 1.0:
         raise ValueError(f"feather must be a number in [0, 1], got {feather!r}")
     feather = float(feather)

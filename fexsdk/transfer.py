@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
+import math
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 
-from fexsdk.backends import Backend, load_backend
+from fexsdk.backends import Backend, check_threads, load_backend
 from fexsdk.crops import CropBox, crop_box_for, extract_crops
-from fexsdk.emotions import Target, target_matrix
+from fexsdk.emotions import Target, check_target, target_matrix
 from fexsdk.faces import Face, FaceDetector, make_detector
 from fexsdk.images import check_image
 from fexsdk.noise import draw_noise
-from fexsdk.paste import BLEND_MODES, paste_back
+from fexsdk.paste import BLEND_MODES, MAX_STRENGTH, paste_back
 
 #: The model that ships inside the package.
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.onnx"
 #: Larger images are refused rather than risking an out-of-memory crash.
 MAX_PIXELS = 100_000_000
+#: A face box given with ``faces=`` may be at most this many times the image's longer side.
+MAX_BOX_FACTOR = 4.0
 
 Seeds = Union[int, Sequence[int], None]
 FaceSpec = Union[Face, Sequence[float]]
@@ -45,12 +49,14 @@ def load_image(image: Union[np.ndarray, str, os.PathLike]) -> np.ndarray:
         import cv2
 
         path = Path(image)
+        if path.is_dir():
+            raise ValueError(f"{path} is a folder, not an image file")
         if not path.is_file():
             raise FileNotFoundError(f"image file not found: {path}")
         loaded = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if loaded is None:
             raise ValueError(f"{path} is not an image OpenCV can read")
-        image = loaded
+        image = to_uint8(loaded, str(path))
     if image is not None and not isinstance(image, np.ndarray):
         raise ValueError(f"image must be a numpy array or a path, got {type(image).__name__}")
     check_image(image)
@@ -59,16 +65,66 @@ def load_image(image: Union[np.ndarray, str, os.PathLike]) -> np.ndarray:
     return image
 
 
-def _face(spec: FaceSpec) -> Face:
-    if isinstance(spec, Face):
-        return spec
+def to_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """A read image file as 8-bit: 16-bit images (PNG, TIFF) are scaled by 255/65535, float images
+    (TIFF, EXR) in [0, 1] by 255; other sample types are refused with a ValueError naming ``name``."""
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype == np.uint16:
+        return ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if np.issubdtype(image.dtype, np.floating):
+        x = image.astype(np.float32)
+        if not np.isfinite(x).all() or x.min() < 0.0 or x.max() > 1.0:
+            raise ValueError(f"{name} holds floating-point samples outside [0, 1] (or NaN/inf); fexsdk reads float "
+                             "images as 0 = black, 1 = white: save it as 8-bit or 16-bit")
+        return np.rint(x * 255.0).astype(np.uint8)
+    raise ValueError(f"{name} has {image.dtype} samples; fexsdk reads 8-bit, 16-bit and float [0, 1] images")
+
+
+def _face(spec: FaceSpec, shape: tuple[int, ...]) -> Face:
+    box = spec.box if isinstance(spec, Face) else spec
+    if isinstance(box, (str, bytes)):
+        raise ValueError(f"a face must be a Face or an (x, y, w, h) box, got {spec!r}")
     try:
-        x, y, w, h = (float(v) for v in spec)
+        x, y, w, h = (float(v) for v in box)
     except (TypeError, ValueError):
         raise ValueError(f"a face must be a Face or an (x, y, w, h) box, got {spec!r}") from None
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        raise ValueError(f"face box values must be finite numbers, got {spec!r}")
     if not (w > 0 and h > 0):
         raise ValueError(f"face box width and height must be positive, got {spec!r}")
-    return Face((x, y, w, h), 1.0)
+    ih, iw = shape[:2]
+    limit = MAX_BOX_FACTOR * max(ih, iw)
+    if max(w, h) > limit:
+        raise ValueError(f"face box {spec!r} is larger than {MAX_BOX_FACTOR:g}x the image's longer side "
+                         f"({iw}x{ih} image); boxes are (x, y, w, h) in pixels")
+    if x + w <= 0 or y + h <= 0 or x >= iw or y >= ih:
+        raise ValueError(f"face box {spec!r} lies outside the {iw}x{ih} image; boxes are (x, y, w, h) in pixels")
+    return spec if isinstance(spec, Face) else Face((x, y, w, h), 1.0)
+
+
+def _check_seed(seed) -> None:
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, a list of them (one per face) or None, got {seed!r}")
+
+
+class _LockedDetector:
+    """A detector object given by the caller, called by one thread at a time (OpenCV detectors are not
+    thread-safe). Its other attributes (name, crop_margin, ...) are the wrapped detector's."""
+
+    def __init__(self, inner: FaceDetector) -> None:
+        self._inner = inner
+        self._lock = threading.Lock()
+
+    def detect(self, image):
+        with self._lock:
+            return self._inner.detect(image)
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def __repr__(self) -> str:
+        return repr(self._inner)
 
 
 class Transfer:
@@ -79,7 +135,7 @@ class Transfer:
         device: "auto" (GPU when the backend has one), "cpu" or "cuda".
         detector: "haar" (default, needs no file), a YuNet ``.onnx`` path, an SSD ``.pb`` path, or a detector object.
         blend: "residual" (default: add the generator's change to the luminance) or "replace" (paste its output).
-        threads: CPU threads for onnxruntime (None: its default).
+        threads: CPU threads for onnxruntime (None: the usable CPUs, at most 4). Idle threads sleep (no spinning).
         smooth: filter the generator's change before pasting it back, removing the checkerboard
             artefacts of its transposed convolutions (residual blend only).
     """
@@ -89,15 +145,43 @@ class Transfer:
                  threads: Optional[int] = None, smooth: bool = True) -> None:
         if blend not in BLEND_MODES:
             raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
+        check_threads(threads)
         if model is None:
             if not DEFAULT_MODEL.is_file():
                 raise FileNotFoundError(f"the bundled model is missing from the installation ({DEFAULT_MODEL}); reinstall fexsdk")
             model = DEFAULT_MODEL
         self.backend: Backend = load_backend(model, device, threads)
         self.meta = self.backend.meta
-        self.detector = make_detector(detector)
+        # Thread safety: OpenCV's detectors are not thread-safe. A detector built here from its spec is
+        # built once per thread that uses this Transfer (detection runs in parallel); a detector object
+        # given by the caller is shared under a lock. Everything else (onnxruntime, the crops and
+        # paste-back, which write only to new arrays) is safe to share.
+        self._detector_spec = None
+        self._shared_detector: Optional[_LockedDetector] = None
+        self._local = threading.local()
+        if detector is None or isinstance(detector, (str, os.PathLike)):
+            self._detector_spec = detector
+            self._local.detector = make_detector(detector)  # fails here, in the caller's thread, if it must
+        else:
+            self.detector = detector
         self.blend = blend
         self.smooth = smooth
+
+    @property
+    def detector(self) -> FaceDetector:
+        """The face detector (each thread gets its own where it was built from a spec)."""
+        if self._shared_detector is not None:
+            return self._shared_detector
+        det = getattr(self._local, "detector", None)
+        if det is None:
+            det = self._local.detector = make_detector(self._detector_spec)
+        return det
+
+    @detector.setter
+    def detector(self, value) -> None:
+        det = make_detector(value)
+        self._detector_spec = None
+        self._shared_detector = det if isinstance(det, _LockedDetector) else _LockedDetector(det)
 
     def __repr__(self) -> str:
         return f"Transfer(backend={self.backend.name}, preset={self.meta.preset!r}, detector={self.detector.name})"
@@ -107,18 +191,24 @@ class Transfer:
         """One seed per face: an int seed gives face i the stream (seed, i); a list gives face i seeds[i]."""
         if seed is None:
             return None
-        if isinstance(seed, (int, np.integer)):
-            return [np.random.SeedSequence([int(seed), i]) for i in range(count)]
         if isinstance(seed, np.random.SeedSequence):
             return seed.spawn(count)
-        try:
-            return list(seed)
-        except TypeError:
-            raise ValueError(f"seed must be an int, a list of ints (one per face) or None, got {seed!r}") from None
+        if isinstance(seed, (str, bytes, Mapping)) or not isinstance(seed, (int, np.integer, Sequence, np.ndarray)):
+            _check_seed(seed)  # raises for everything that is not an int
+        if isinstance(seed, (int, np.integer)):
+            _check_seed(seed)
+            return [np.random.SeedSequence([int(seed), i]) for i in range(count)]
+        seeds = list(seed)
+        for s in seeds:
+            _check_seed(s)
+        if len(seeds) != count:
+            raise ValueError(f"got {len(seeds)} seeds for {count} faces; give one seed, or exactly one per face")
+        return [int(s) for s in seeds]
 
     def run_model(self, x: np.ndarray, targets, seed: Seeds = None, noise: bool = True, domain: int = 0) -> np.ndarray:
         """(N, C, s, s) float32 in [-1, 1] -> generator output, same shape."""
         n = x.shape[0]
+        check_target(targets)
         labels = self.meta.label_for(target_matrix(targets, n), domain)
         if n == 0:
             return np.zeros_like(x)
@@ -148,15 +238,29 @@ class Transfer:
     def detect(self, image) -> list[Face]:
         return self.detector.detect(load_image(image))
 
+    def _check_call(self, target, seed, strength) -> None:
+        """Argument checks done before any work (detection included)."""
+        check_target(target)
+        if seed is not None and not isinstance(seed, np.random.SeedSequence):
+            if isinstance(seed, (str, bytes, Mapping)) or not isinstance(seed, (Sequence, np.ndarray)):
+                _check_seed(seed)
+            else:
+                for s in seed:
+                    _check_seed(s)
+        if isinstance(strength, (bool, np.bool_)) or not isinstance(strength, (int, float, np.integer, np.floating)):
+            raise ValueError(f"strength must be a number, got {strength!r}")
+        if not np.isfinite(strength) or not 0 <= strength <= MAX_STRENGTH:
+            raise ValueError(f"strength must be a number in [0, {MAX_STRENGTH:g}] (0 = unchanged, 1 = the model's "
+                             f"change, {MAX_STRENGTH:g} = twice it), got {strength}")
+
     def process(self, image, target: Union[Target, Sequence[Target]], *, faces: Optional[Sequence[FaceSpec]] = None,
                 seed: Seeds = None, strength: float = 1.0, noise: bool = True) -> TransferResult:
         """Like :meth:`apply`, returning a :class:`TransferResult` with the faces and crops."""
         image = load_image(image)
-        if isinstance(strength, bool) or not isinstance(strength, (int, float, np.integer, np.floating)):
-            raise ValueError(f"strength must be a number, got {strength!r}")
-        if not np.isfinite(strength) or strength < 0:
-            raise ValueError(f"strength must be a finite number >= 0, got {strength}")
-        found = self.detector.detect(image) if faces is None else [_face(f) for f in faces]
+        self._check_call(target, seed, strength)
+        if faces is not None and (isinstance(faces, (str, bytes, Face)) or not isinstance(faces, (Sequence, np.ndarray))):
+            raise ValueError(f"faces must be a list of (x, y, w, h) boxes or Face objects, got {faces!r}")
+        found = self.detector.detect(image) if faces is None else [_face(f, image.shape) for f in faces]
         if not found:  # no face: the image comes back unchanged (a copy)
             return TransferResult(image.copy(), [], [])
         m = self.meta
@@ -179,7 +283,7 @@ class Transfer:
                 framed like the configured detector's boxes (Haar's, the default, need no margin).
             seed: fixes the test-time dropout noise (same seed, same output): an int gives face i the
                 stream (seed, i), a list gives face i its own seed; None draws new noise each call.
-            strength: scales the change (0 = unchanged, 1 = the model's change).
+            strength: scales the change, in [0, 2] (0 = unchanged, 1 = the model's change).
             noise: False switches the test-time dropout off (the deterministic, eval-mode model).
             return_faces: also return the list of faces found.
 

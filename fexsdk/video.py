@@ -27,6 +27,7 @@ from fexsdk.capture import (  # noqa: F401
 )
 from fexsdk.emotions import EMOTIONS, emotion_index
 from fexsdk.faces import box_iou
+from fexsdk.paste import MAX_STRENGTH
 from fexsdk.tracking import Box, FaceTracker, Track  # noqa: F401
 
 __all__ = [
@@ -206,8 +207,9 @@ class DemoConfig:
         if self.max_frames is not None and (isinstance(self.max_frames, bool) or not isinstance(self.max_frames, int)
                                             or self.max_frames < 1):
             raise ValueError(f"max_frames must be an integer >= 1 (or None for no limit), got {self.max_frames!r}")
-        if not (isinstance(self.strength, (int, float)) and math.isfinite(self.strength) and self.strength >= 0):
-            raise ValueError(f"strength must be a finite number >= 0, got {self.strength!r}")
+        if isinstance(self.strength, bool) or not (isinstance(self.strength, (int, float))
+                                                   and math.isfinite(self.strength) and 0 <= self.strength <= MAX_STRENGTH):
+            raise ValueError(f"strength must be a number in [0, {MAX_STRENGTH:g}], got {self.strength!r}")
         if not 0.0 <= self.smoothing < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
         if not 0.0 <= self.velocity <= 1.0:
@@ -220,8 +222,21 @@ class DemoConfig:
             raise ValueError(f"seed must be an integer or None, got {self.seed!r}")
         if self.output is not None:
             _check_output_path(self.output)
+            if self.input is not None and _same_file(self.input, self.output):
+                raise ValueError(f"--output {self.output} is the --input video: writing it would destroy the input "
+                                 "while it is read; choose another output file")
         if self.fourcc is not None and len(self.fourcc) != 4:
             raise ValueError(f"a codec (fourcc) has 4 characters, e.g. mp4v, MJPG, FFV1; got {self.fourcc!r}")
+
+
+def _same_file(a: Union[str, os.PathLike], b: Union[str, os.PathLike]) -> bool:
+    """Whether two paths name the same file (links and relative paths included); URLs never do."""
+    if "://" in os.fspath(a) or "://" in os.fspath(b):
+        return False
+    pa, pb = Path(a), Path(b)
+    if pa.exists() and pb.exists():
+        return os.path.samefile(pa, pb)
+    return pa.resolve() == pb.resolve()
 
 
 @dataclass
@@ -235,8 +250,11 @@ class DemoStats:
     detections: int = 0
     tracks: int = 0
     seconds: float = 0.0
-    #: "end of stream", "max frames", "quit", "window closed" or "interrupted".
+    #: "end of stream", "truncated" (a video file gave fewer frames than its header announces),
+    #: "max frames", "quit", "window closed" or "interrupted".
     reason: str = ""
+    #: The frame count a video file's header announces (None where it does not say).
+    expected_frames: Optional[int] = None
     output: Optional[str] = None
     #: Mean milliseconds per call of each stage: detect (frames where it ran), generate and paste (frames with faces).
     timings_ms: dict[str, float] = field(default_factory=dict)
@@ -355,13 +373,16 @@ class DemoLoop:
             tracks = self.tracker.update(faces, index)
         else:
             tracks = self.tracker.predict(index)
-        if tracks and not self.show_original:
+        # A track moving on at its estimated speed can leave the frame before it is dropped: skip it.
+        h, w = image.shape[:2]
+        shown = [t for t in tracks if t.box[0] + t.box[2] > 0 and t.box[1] + t.box[3] > 0 and t.box[0] < w and t.box[1] < h]
+        if shown and not self.show_original:
             inner = tr.backend
             timed = _TimedBackend(inner)
             tr.backend = timed
             t0 = time.perf_counter()
             try:
-                out = tr.apply(image, self.target, faces=[t.box for t in tracks], seed=self.seeds_for(tracks),
+                out = tr.apply(image, self.target, faces=[t.box for t in shown], seed=self.seeds_for(shown),
                                strength=c.strength)
             finally:
                 tr.backend = inner
@@ -484,6 +505,11 @@ class DemoLoop:
                 display.close()
         stats.read = reader.frames_read
         stats.dropped = reader.frames_dropped
+        if not reader.live:
+            stats.expected_frames = reader.frame_count
+            # One frame of slack: some containers round the count they announce.
+            if stats.reason == "end of stream" and reader.frame_count and stats.read < reader.frame_count - 1:
+                stats.reason = "truncated"
         stats.detections = self.detections
         stats.tracks = self.tracker.created
         stats.timings_ms = {k: v.mean_ms for k, v in self.stages.items()}

@@ -108,7 +108,9 @@ def test_parity_and_pipeline_stages(bench):
     assert res["parity_reference"] == "ort-cpu"
     assert res["parity"]["torch-cpu"]["max_abs"] < 1e-4
     q = res["parity"]["ort-cpu-int8"]
-    assert 0 < q["mean_abs"] <= q["max_abs"] < 0.6 and math.isfinite(q["max_abs"])
+    # 7-bit weights (reduce_range): measured 0.129 on AVX-512 VNNI and on AVX2 (Haswell under qemu); 8-bit
+    # weights gave 0.121 on VNNI but 0.845 on AVX2, where onnxruntime's int16 accumulation saturates.
+    assert 0 < q["mean_abs"] <= q["max_abs"] < 0.3 and math.isfinite(q["max_abs"])
     assert res["quantization"]["parity_vs_fp32"] == q
     assert "parity vs ort-cpu" in stdout
 
@@ -139,6 +141,7 @@ def test_int8_model_keeps_metadata_and_loads_in_transfer(bench, tiny_onnx):
     assert qmeta.precision == "int8"
     assert {**asdict(qmeta), "precision": "fp32"} == asdict(fmeta)
     assert json.loads(props[QUANT_KEY])["format"] == "QDQ"
+    assert json.loads(props[QUANT_KEY])["weights"] == "int7 (reduce_range)"
     assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
 
     t8, t32 = Transfer(int8, device="cpu"), Transfer(tiny_onnx, device="cpu")
@@ -150,6 +153,57 @@ def test_int8_model_keeps_metadata_and_loads_in_transfer(bench, tiny_onnx):
     img = np.full((120, 160, 3), 90, np.uint8)
     result = t8.apply(img, "sad", faces=[(40, 20, 80, 80)], seed=0)
     assert result.shape == img.shape
+
+
+_AVX2_SCRIPT = """
+import sys, numpy as np, onnxruntime as ort
+d = np.load(sys.argv[2])
+o = ort.SessionOptions(); o.intra_op_num_threads = 1; o.log_severity_level = 3
+s = ort.InferenceSession(sys.argv[1], o, providers=["CPUExecutionProvider"])
+np.save(sys.argv[3], s.run(["output"], {k: d[k] for k in d.files})[0])
+"""
+
+
+def test_int8_output_is_the_same_on_an_avx2_cpu(bench, tiny_onnx, tmp_path):
+    """The int8 model on an emulated AVX2-only CPU (no AVX-512, no VNNI) gives this CPU's int8 output.
+
+    onnxruntime's U8S8 kernels for CPUs without VNNI add products in saturating int16; with 8-bit
+    weights that made the output wrong by up to 0.85 there. Needs qemu-user (apt-get install qemu-user).
+    """
+    import shutil
+
+    import onnxruntime as ort
+
+    from fexsdk.metadata import read_onnx_metadata
+    from fexsdk.noise import draw_noise
+
+    qemu = shutil.which("qemu-x86_64")
+    if qemu is None:
+        pytest.skip("qemu-x86_64 not installed (apt-get install qemu-user): cannot emulate an AVX2-only CPU")
+    _, _, out = bench
+    (int8,) = sorted((out / "models").glob("*.int8.onnx"))
+    meta = read_onnx_metadata(tiny_onnx)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fex_latency", REPO / "benchmarks" / "latency.py")
+    latency = sys.modules.setdefault("fex_latency", importlib.util.module_from_spec(spec))
+    spec.loader.exec_module(latency)
+    x = latency.synthetic_faces(4, 48, seed=2)[:, None].astype(np.float32) / 127.5 - 1.0  # the parity faces
+    feeds = {"image": x, "label": meta.label_for(np.eye(7, dtype=np.float32)[[0, 3, 5, 6]]),
+             "noise": draw_noise(meta, 4, seed=0)}
+    np.savez(tmp_path / "in.npz", **feeds)
+    (tmp_path / "run.py").write_text(_AVX2_SCRIPT)
+    proc = subprocess.run([qemu, "-cpu", "Haswell", sys.executable, str(tmp_path / "run.py"), str(int8),
+                           str(tmp_path / "in.npz"), str(tmp_path / "avx2.npy")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    avx2 = np.load(tmp_path / "avx2.npy")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    here = ort.InferenceSession(str(int8), opts, providers=["CPUExecutionProvider"]).run(["output"], feeds)[0]
+    fp32 = ort.InferenceSession(str(tiny_onnx), opts, providers=["CPUExecutionProvider"]).run(["output"], feeds)[0]
+    assert np.abs(avx2 - here).max() < 1e-3
+    assert np.abs(avx2 - fp32).max() < 0.3
 
 
 def test_quantize_refuses_bad_calibration_crops(tiny_onnx, tmp_path):

@@ -428,6 +428,7 @@ def test_this_opencv_reports_its_gui_support_honestly():
     ({"max_frames": 0}, "max_frames"),
     ({"emotion": "bored"}, "unknown emotion"),
     ({"strength": -1.0}, "strength"),
+    ({"strength": 100.0}, "strength"),
     ({"output": "out.png"}, "video file name"),
     ({"output": "/no/such/folder/out.mp4"}, "does not exist"),
     ({"fourcc": "H26"}, "4 characters"),
@@ -446,3 +447,34 @@ def test_bad_output_codec_is_a_clear_error(tr, clip, tmp_path):
 def test_video_runtime_does_not_import_torch():
     code = "import sys, fexsdk.video, fexsdk.cli; fexsdk.cli.build_parser(); assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, timeout=60)
+
+
+def test_a_track_that_drifts_off_the_frame_is_skipped_not_an_error():
+    from fexsdk.video import DemoConfig, DemoLoop
+
+    class Fake:
+        """A Transfer stand-in that records the boxes it is asked to change."""
+
+        backend = None
+
+        def __init__(self):
+            self.calls = []
+
+        def detect(self, image):
+            from fexsdk.faces import Face
+
+            return [Face((600.0, 100.0, 80.0, 80.0), 1.0)]
+
+        def apply(self, image, target, faces, seed, strength):
+            self.calls.append(list(faces))
+            return image.copy()
+
+    fake = Fake()
+    loop = DemoLoop(DemoConfig(headless=True, overlay=False, detect_every=100, velocity=1.0, smoothing=0.0), transfer=fake)
+    frame = np.zeros((480, 640, 3), np.uint8)
+    loop.process(frame)  # detection: a face at x=600
+    loop.tracker.tracks[0].velocity = (40.0, 0.0, 0.0, 0.0)  # moving right, 40 px/frame
+    for _ in range(3):
+        loop.process(frame)  # predicted at 640, 680, 720: off the 640-px frame
+    assert [len(c) for c in fake.calls] == [1]
+    assert fake.calls[0][0][0] == 600.0

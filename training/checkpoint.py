@@ -42,7 +42,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
-        raise ValueError(f"{path} is not a readable fexsdk checkpoint ({type(exc).__name__}: {exc})") from None
+        # Not torch's text: for a pickled object it is a page of advice on weights_only=False, which
+        # fexsdk never uses (a checkpoint must not be able to run code).
+        raise ValueError(f"{path} is not a readable fexsdk checkpoint ({type(exc).__name__}); fexsdk reads the "
+                         "checkpoints `fex train` writes (tensors and plain values only)") from None
     if not isinstance(ckpt, dict) or "checkpoint_version" not in ckpt or "generator_config" not in ckpt:
         raise ValueError(f"{path} is not a fexsdk training checkpoint (no generator_config); was it written by `fex train`?")
     if ckpt["checkpoint_version"] > CHECKPOINT_VERSION:

@@ -256,9 +256,16 @@ def load_classifier(path: str | Path) -> ResNet18:
         model = ResNet18(**json.loads(meta["classifier_config"]))
         state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(path)).items()}
     else:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        what = ("--classifier takes the exported classifier (.safetensors, e.g. "
+                "training/weights/resnet18_fer2013.safetensors) or a `fex train-classifier` checkpoint (.pt)")
+        if path.suffix.lower() == ".onnx":
+            raise ValueError(f"{path} is an ONNX model (a generator goes to --generator); {what}")
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickle, zip and format errors: none of them is a classifier
+            raise ValueError(f"{path} is not a readable classifier ({type(exc).__name__}); {what}") from None
         if not isinstance(ckpt, dict) or "classifier_config" not in ckpt:
-            raise ValueError(f"{path} is not an fexsdk classifier checkpoint")
+            raise ValueError(f"{path} is not an fexsdk classifier checkpoint; {what}")
         model, state = ResNet18(**ckpt["classifier_config"]), ckpt["model"]
     model.load_state_dict(state)
     return model.eval()

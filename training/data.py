@@ -10,7 +10,7 @@ Formats:
 
 * the original ``fer2013.csv`` (columns ``emotion``, ``pixels``, ``Usage``);
 * an ``.npz`` with ``images`` (N, H, W) or (N, H, W, C) uint8 and ``labels``,
-  optionally ``usage`` (0=Training, 1=PublicTest, 2=PrivateTest), such as
+  optionally ``usage`` (0=Training, 1=PublicTest, 2=PrivateTest, or those names), such as
   ``../shared/data/fer2013.npz``;
 * the Kaggle folder layout ``root/train/<emotion>/*`` and ``root/test/<emotion>/*``;
 * any folder ``root/<emotion>/*`` (a second domain, e.g. FERG-DB) through
@@ -47,6 +47,11 @@ _SPLIT_USAGE: dict[str, tuple[int, ...]] = {
     "all": (0, 1, 2),
 }
 _USAGE_CODE = {name.lower(): code for code, name in enumerate(USAGE_NAMES)}
+
+
+class NoSplitError(ValueError):
+    """The source has no train/test split (an npz without ``usage``, a CSV without ``Usage``, a plain
+    emotion folder), so only ``split="all"`` can be loaded from it."""
 
 FER_SIZE = 48
 FER_PIXELS = FER_SIZE * FER_SIZE
@@ -106,7 +111,8 @@ def load_fer2013(
 
     ``split`` is one of :data:`SPLITS`. A CSV without ``Usage`` or an npz without
     ``usage`` can only be loaded with ``split="all"`` (there is nothing to split
-    on, and guessing would leak test images into training). In a Kaggle folder,
+    on, and guessing would leak test images into training); :class:`NoSplitError`
+    says so, and :func:`load_training_data` then trains on every image. In a Kaggle folder,
     ``train`` reads ``train/``, ``test`` reads ``test/``, and ``public``/``private``
     read the files in ``test/`` named ``PublicTest_*``/``PrivateTest_*``.
     """
@@ -160,12 +166,24 @@ def load_dataset(
     p = Path(path)
     if p.is_dir() and not (p / "train").is_dir() and not (p / "test").is_dir() and _has_emotion_subfolder(p):
         if split != "all":
-            raise ValueError(
+            raise NoSplitError(
                 f"{p} is a plain emotion folder with no train/test split; load it with split='all', "
                 f"or arrange it as {p}/train/<emotion>/ and {p}/test/<emotion>/"
             )
         return load_image_folder(p, image_size, channels)
     return load_fer2013(p, split, image_size, channels)
+
+
+def load_training_data(path: str | os.PathLike, image_size: int = 48, channels: int = 1) -> FaceDataset:
+    """The images ``fex train`` trains on: the Training split, or every image of a source without a
+    split (an npz without ``usage``, a CSV without ``Usage``, a plain emotion folder), with a warning."""
+    try:
+        return load_dataset(path, "train", image_size, channels)
+    except NoSplitError:
+        data = load_dataset(path, "all", image_size, channels)
+        warnings.warn(f"{path} has no train/test split (no usage/Usage values): training on all {len(data)} images; "
+                      "the validation batch is the first 64 of them", stacklevel=2)
+        return data
 
 
 # --------------------------------------------------------------------------- checks
@@ -262,9 +280,9 @@ def _load_csv(path: Path, split: str, image_size: int, channels: int) -> FaceDat
         i_emotion, i_pixels = columns.index("emotion"), columns.index("pixels")
         i_usage = columns.index("usage") if "usage" in columns else None
         if i_usage is None and split != "all":
-            raise ValueError(
+            raise NoSplitError(
                 f"{path} has no Usage column (found columns {header}), so it cannot be split into {split!r}; "
-                f"use split='all'"
+                f"use split='all' (fex eval --split all; fex train uses every image of such a file)"
             )
         n_fields = max(i_emotion, i_pixels, -1 if i_usage is None else i_usage) + 1
         data_row = 0
@@ -310,6 +328,21 @@ def _load_csv(path: Path, split: str, image_size: int, channels: int) -> FaceDat
 # --------------------------------------------------------------------------- NPZ
 
 
+def _usage_codes(values: np.ndarray, path: Path) -> np.ndarray:
+    """npz ``usage``: codes 0/1/2, or FER2013's names ('Training', 'PublicTest', 'PrivateTest', any case)."""
+    if values.dtype.kind in "US":
+        names = np.char.lower(np.char.strip(values.astype(str)))
+        codes = np.full(names.shape, -1, np.int64)
+        for name, code in _USAGE_CODE.items():
+            codes[names == name] = code
+        bad = np.flatnonzero(codes < 0)
+        if bad.size:
+            raise ValueError(f"{path}: usage[{bad[0]}] = {str(values[bad[0]])!r} is not one of {', '.join(USAGE_NAMES)} "
+                             "(or their codes 0, 1, 2)")
+        return codes
+    return _integer_array(values, "usage", path)
+
+
 def _integer_array(values: np.ndarray, what: str, path: Path) -> np.ndarray:
     if values.dtype.kind in "iu":
         return values.astype(np.int64)
@@ -340,7 +373,7 @@ def _load_npz(path: Path, split: str, image_size: int, channels: int) -> FaceDat
                     f"({bad.size} labels out of range)"
                 )
         if "usage" in keys:
-            usage = _integer_array(np.asarray(archive["usage"]).reshape(-1), "usage", path)
+            usage = _usage_codes(np.asarray(archive["usage"]).reshape(-1), path)
             if usage.shape != labels.shape:
                 raise ValueError(f"{path}: {usage.size} usage values but {labels.size} labels")
             bad = np.flatnonzero((usage < 0) | (usage > 2))
@@ -349,9 +382,9 @@ def _load_npz(path: Path, split: str, image_size: int, channels: int) -> FaceDat
             mask = None if split == "all" else np.isin(usage, _SPLIT_USAGE[split])
         else:
             if split != "all":
-                raise ValueError(
+                raise NoSplitError(
                     f"{path} has no 'usage' array, so split {split!r} cannot be selected; use split='all' "
-                    f"(found keys: {', '.join(sorted(keys))})"
+                    f"(fex eval --split all; fex train uses every image of such a file) (found keys: {', '.join(sorted(keys))})"
                 )
             usage, mask = None, None
         # Checked before decompressing the images, so an empty split fails fast.

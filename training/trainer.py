@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from fexsdk.emotions import EMOTIONS, NUM_EMOTIONS
 from training.checkpoint import generator_config, load_checkpoint, save_checkpoint
-from training.data import FaceDataset, load_dataset, load_image_folder
+from training.data import FaceDataset, load_dataset, load_image_folder, load_training_data
 from training.logs import ScalarLog, plot_losses, save_grid
 from training.models import Discriminator, Generator, config_dict
 from training.presets import LossConfig, get_preset
@@ -90,6 +90,9 @@ class TrainConfig:
     #: limit spent) instead of the step count, so a fixed-length leased run still decays to 0.
     #: Such a run is not exactly resumable (its schedule depends on speed).
     time_schedule: bool = False
+    #: Train from scratch into a non-empty ``out`` (replacing its checkpoints and log); without it,
+    #: or ``resume``, a non-empty ``out`` is refused.
+    overwrite: bool = False
 
     def validate(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -112,6 +115,9 @@ class TrainConfig:
             raise ValueError(f"decay_start must be in [0, 1], got {self.decay_start}")
         if self.data is None and self.synthetic <= 0:
             raise ValueError("give --data PATH (FER2013 csv, folder or npz) or --synthetic N")
+        from training.run_checks import check_run_config
+
+        check_run_config(self)  # epochs, steps, the output folder
 
 
 def lr_factor(step: int, total: int, decay_start: float) -> float:
@@ -308,7 +314,7 @@ class Trainer:
             train = make_synthetic(cfg.synthetic, cfg.image_size, cfg.channels, seed=cfg.seed, name="synthetic")
             val = make_synthetic(64, cfg.image_size, cfg.channels, seed=cfg.seed + 1, name="synthetic")
         else:
-            train = load_dataset(cfg.data, "train", cfg.image_size, cfg.channels)
+            train = load_training_data(cfg.data, cfg.image_size, cfg.channels)
             val = None
             for split in ("public", "test"):
                 try:
