@@ -47,6 +47,7 @@ def _float_range(low: float, high: float = math.inf, low_open: bool = False, hig
 
 _SEED = _int_range(0)
 _POSITIVE = _int_range(1)
+_PORT = _int_range(1, 65535)
 
 
 def _check_out_folder(out: str | None, option: str = "--out") -> None:
@@ -511,16 +512,17 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                                    "POST /apply, /apply.json, /generate; GET /healthz, /model, /stats. For a cluster, "
                                    "deploy serve.yaml with `serve deploy` instead.")
     p.add_argument("--model", help="model file (.onnx, .engine); default: the bundled model")
-    p.add_argument("--replicas", type=int, default=1, help="replicas (processes), each with its own model")
+    p.add_argument("--replicas", type=_POSITIVE, default=1, help="replicas (processes), each with its own model")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-batch", type=int, default=16, metavar="B",
+    p.add_argument("--port", type=_PORT, default=8000, help="TCP port to listen on (1-65535, default 8000)")
+    p.add_argument("--max-batch", type=_POSITIVE, default=16, metavar="B",
                    help="faces per generator call, gathered across requests (1: no batching across requests)")
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where each replica's model runs: auto (a GPU when the backend has one), cpu or cuda")
     p.add_argument("--detector", help="haar (default), a YuNet .onnx path or an SSD .pb path")
-    p.add_argument("--threads", type=int, help="onnxruntime CPU threads per replica")
-    p.add_argument("--num-cpus", type=int, help="CPUs Ray may use (default: all)")
+    p.add_argument("--threads", type=_POSITIVE, help="onnxruntime CPU threads per replica")
+    p.add_argument("--num-cpus", type=_POSITIVE, help="CPUs Ray may use (default: all)")
     p.set_defaults(func=_run_serve)
 
 
