@@ -47,6 +47,7 @@ def _float_range(low: float, high: float = math.inf, low_open: bool = False, hig
 
 _SEED = _int_range(0)
 _POSITIVE = _int_range(1)
+_PORT = _int_range(1, 65535)
 
 
 def _check_out_folder(out: str | None, option: str = "--out") -> None:
@@ -505,6 +506,38 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="HTTP service on Ray Serve, batching faces across requests (needs the [serve] extra)",
+                       description="Start fexsdk as an HTTP service on a local Ray instance and print its URL. Endpoints: "
+                                   "POST /apply, /apply.json, /generate; GET /healthz, /model, /stats. For a cluster, "
+                                   "deploy serve.yaml with `serve deploy` instead.")
+    p.add_argument("--model", help="model file (.onnx, .engine); default: the bundled model")
+    p.add_argument("--replicas", type=_POSITIVE, default=1, help="replicas (processes), each with its own model")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=_PORT, default=8000, help="TCP port to listen on (1-65535, default 8000)")
+    p.add_argument("--max-batch", type=_POSITIVE, default=16, metavar="B",
+                   help="faces per generator call, gathered across requests (1: no batching across requests)")
+    p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="where each replica's model runs: auto (a GPU when the backend has one), cpu or cuda")
+    p.add_argument("--detector", help="haar (default), a YuNet .onnx path or an SSD .pb path")
+    p.add_argument("--threads", type=_POSITIVE, help="onnxruntime CPU threads per replica")
+    p.add_argument("--num-cpus", type=_POSITIVE, help="CPUs Ray may use (default: all)")
+    p.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    require("ray.serve", "serve", "fex serve")
+    from fexsdk.serve import run_local
+
+    if args.replicas < 1:
+        raise ValueError(f"--replicas must be >= 1, got {args.replicas}")
+    options = {"model": args.model, "device": args.device, "detector": args.detector, "threads": args.threads,
+               "max_batch_size": args.max_batch, "batch_wait_s": args.batch_wait_ms / 1000.0}
+    run_local(options, replicas=args.replicas, host=args.host, port=args.port, num_cpus=args.num_cpus)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fex", description="fexsdk: facial expression transfer")
     from fexsdk import __version__
@@ -517,6 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_runtime(sub)
     _add_demo(sub)
+    _add_serve(sub)
     return parser
 
 

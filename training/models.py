@@ -52,6 +52,9 @@ class GeneratorConfig:
     upsample: str = "nearest"
     #: What the last layer predicts (see OUTPUT_MODES).
     output: str = "image"
+    #: Warp heads only: also paint a masked residual (False: the output is the warped input alone,
+    #: so every change is a movement of the face's own pixels and nothing can be painted on).
+    paint: bool = True
 
     @classmethod
     def from_saved(cls, saved: dict) -> "GeneratorConfig":
@@ -177,11 +180,12 @@ class Generator(nn.Module):
         self.drop_last = drop("last", (d, s, s)) if "last" in cfg.dropout_at else None
         if cfg.output == "warp":
             # flow (2) + painted image (C) + mask (1); starts as "no move, little paint".
-            self.head = nn.Conv2d(d, 3 + cfg.in_channels, 7, 1, 3, bias=True)
+            self.head = nn.Conv2d(d, 3 + cfg.in_channels if cfg.paint else 2, 7, 1, 3, bias=True)
             with torch.no_grad():
                 self.head.weight.mul_(0.1)
                 self.head.bias.zero_()
-                self.head.bias[-1] = -3.0
+                if cfg.paint:
+                    self.head.bias[-1] = -3.0
             self.register_buffer("grid", identity_grid(s), persistent=False)
         else:
             self.head = nn.Conv2d(d, cfg.in_channels, 7, 1, 3, bias=False)
@@ -223,9 +227,12 @@ class Generator(nn.Module):
         raw = self.head(self._features(x, label, noise)).float()
         c = self.config.in_channels
         flow = MAX_FLOW * torch.tanh(raw[:, :2])
+        warped = warp(x.float(), flow, self.grid)
+        if not self.config.paint:
+            zeros = torch.zeros_like(warped)
+            return WarpOutput(warped, flow, zeros, zeros[:, :1])
         painted = torch.tanh(raw[:, 2 : 2 + c])
         mask = torch.sigmoid(raw[:, 2 + c :])
-        warped = warp(x.float(), flow, self.grid)
         residual = mask * (painted - warped)
         return WarpOutput(warped + residual, flow, residual, mask)
 

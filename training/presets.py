@@ -173,6 +173,15 @@ def fex_small_warp() -> Preset:
 
 
 @register_preset
+def fex_small_flow() -> Preset:
+    """fex-small-warp without the painted residual: every change is a smooth movement of the face's pixels."""
+    gen = _fex_generator(32, 3)
+    gen.input_skip, gen.output, gen.paint = False, "warp", False
+    return Preset("fex-small-flow", "fex-small with a flow-only warp head (no painting; issue 13)",
+                  gen, _fex_loss(), d_conv_dim=32, n_critic=1)
+
+
+@register_preset
 def tiny() -> Preset:
     """A few thousand parameters: for tests and smoke runs, not for results."""
     return Preset(

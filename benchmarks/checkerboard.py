@@ -1,0 +1,82 @@
+"""Checkerboard in raw generator outputs: the share of the change's energy at period-2 frequencies.
+
+Transposed convolutions leave a pattern that repeats every 2 pixels. For each model this
+prints the share of the spectral energy of the change ``G(x, c) - x`` (raw 48x48 output,
+no paste-back filter) at the Nyquist row and column, over PublicTest faces and random
+targets, and the same share for the real faces themselves (mean removed) as the
+reference: what natural faces have at that frequency.
+
+    python benchmarks/checkerboard.py fexsdk/models/default.onnx runs/gpu/weights/fex-small-r1.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+try:
+    import fexsdk  # noqa: F401
+except ImportError:  # running from a checkout without installing
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from fexsdk.backends import load_backend
+from fexsdk.emotions import NUM_EMOTIONS
+from fexsdk.noise import draw_noise
+from training.spectrum import period2_share
+
+
+def faces(data: str, count: int) -> np.ndarray:
+    """PublicTest faces (N, 1, 48, 48) in [-1, 1]."""
+    d = np.load(data)
+    imgs = d["images"][d["usage"] == 1][:count]
+    return (imgs[:, None].astype(np.float32) / 127.5 - 1.0)
+
+
+def change_share(model: str, x: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """(period-2 share of G(x, c) - x, mean |change| in grey levels) for random targets c."""
+    backend = load_backend(model, device="cpu")
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(0, NUM_EMOTIONS, len(x))
+    labels = backend.meta.label_for(np.eye(NUM_EMOTIONS, dtype=np.float32)[targets])
+    out = np.concatenate([backend.run(x[i : i + 256], labels[i : i + 256],
+                                      draw_noise(backend.meta, len(x[i : i + 256]), seed=seed + i))
+                          for i in range(0, len(x), 256)])
+    change = out - x
+    return period2_share(change), float(np.abs(change).mean() * 127.5)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("models", nargs="+", help=".onnx or .pt generators")
+    p.add_argument("--data", default="../shared/data/fer2013.npz")
+    p.add_argument("--count", type=int, default=512, help="PublicTest faces")
+    a = p.parse_args()
+    x = faces(a.data, a.count)
+    print(f"{a.count} PublicTest faces; period-2 share of spectral energy (mean removed)\n")
+    print("| source | upsampling | period-2 share | mean abs change (grey levels) |")
+    print("| --- | --- | --- | --- |")
+    print(f"| real faces (reference) | - | {period2_share(x):.4f} | - |")
+    for m in a.models:
+        meta = load_backend(m, device="cpu").meta
+        share, size = change_share(m, x)
+        print(f"| {m} ({meta.preset}) | {upsampling(m)} | {share:.4f} | {size:.1f} |")
+    return 0
+
+
+def upsampling(model: str) -> str:
+    """The generator's up-sampling where the file tells (checkpoints), else '?'."""
+    if model.endswith(".onnx"):
+        import onnx
+
+        ops = {n.op_type for n in onnx.load(model).graph.node}
+        return "transpose" if "ConvTranspose" in ops else "resize" if "Resize" in ops else "?"
+    from training.checkpoint import generator_config, load_checkpoint
+
+    return generator_config(load_checkpoint(model))["upsample"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,744 @@
+"""``fex serve``: fexsdk behind an HTTP service on Ray Serve, batching faces across requests.
+
+Endpoints (one deployment, :class:`FexService`; each replica owns one :class:`~fexsdk.transfer.Transfer`):
+
+- ``POST /apply``: an image (the raw JPEG/PNG bytes as the body, or multipart with an ``image`` file)
+  and ``emotion`` (a name, an alias or intensities such as ``happy=0.7,surprise=0.3``), optional
+  ``strength``, ``seed`` and ``faces`` (JSON ``[[x, y, w, h], ...]``), as query parameters or
+  multipart fields. Returns the image in the request's format; the faces in the ``X-Faces``
+  header (JSON boxes) and their number in ``X-Face-Count``.
+- ``POST /apply.json``: the same, answered as JSON (``image`` base64, ``format``, ``faces``); it
+  also takes a JSON body ``{"image": "<base64>", "emotion": ..., ...}``.
+- ``POST /generate``: ready crops of the model's size (48x48 gray for the bundled model) as an
+  ``.npy`` array (N, 48, 48) or (N, 1, 48, 48) uint8, or as a PNG (one crop, or N crops side by
+  side), with ``emotion`` (one target for all) or ``targets`` (a JSON list, one per crop) and
+  ``seed``. Returns the outputs in the same format.
+- ``GET /healthz``, ``GET /model`` (the model's metadata and card), ``GET /stats`` (this
+  replica's counters, among them the largest generator batch).
+
+Batching: Transfer does everything but the generator call in a worker thread, exactly as
+``Transfer.apply`` does (same detector, crops, per-face noise drawn from the seed, paste-back);
+the generator call of every request is split into faces that a ``@serve.batch`` queue runs
+together with the faces of concurrent requests, and hands back row by row. Each face keeps the
+noise its own request drew, so a seed gives the same output, batched or alone.
+
+Nothing here imports torch, and nothing is written to disk: requests are parsed in memory.
+Ray itself is imported only by :func:`build_app`, :func:`run_local` and the replica, so the
+request-handling code can be used (and tested) without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import copy
+import io
+import json
+import queue
+import threading
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from fexsdk._extras import require
+
+#: Image formats accepted and answered, by their first bytes.
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
+NPY_MAGIC = b"\x93NUMPY"
+DEFAULT_PORT = 8000
+APP_NAME = "fexsdk"
+
+
+@dataclass
+class ServeOptions:
+    """What one deployment is configured with (the ``args`` of ``serve.yaml``).
+
+    ``max_batch_size`` counts faces per generator call (1 switches batching across requests
+    off: each request's faces then go through the generator by themselves, as in
+    ``Transfer.apply``); ``batch_wait_s`` is how long the first face of a batch waits for more.
+    """
+
+    model: Optional[str] = None
+    device: str = "auto"
+    detector: Optional[str] = None
+    blend: str = "residual"
+    threads: Optional[int] = None
+    max_batch_size: int = 16
+    batch_wait_s: float = 0.005
+    #: Worker threads per replica (detection and paste-back run there, in parallel; a request waiting
+    #: for its batch holds one). None: max(4, max_batch_size), so that one-face requests can fill a batch.
+    workers: Optional[int] = None
+    max_body_bytes: int = 20_000_000
+    max_pixels: int = 40_000_000
+    max_crops: int = 1024
+    jpeg_quality: int = 95
+
+    @classmethod
+    def from_args(cls, args: Optional[Mapping[str, Any]]) -> "ServeOptions":
+        args = dict(args or {})
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(args) - known)
+        if unknown:
+            raise ValueError(f"unknown fexsdk serve option(s) {unknown}; known: {sorted(known)}")
+        opts = cls(**args)
+        if int(opts.max_batch_size) < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {opts.max_batch_size}")
+        if not float(opts.batch_wait_s) >= 0:
+            raise ValueError(f"batch_wait_s must be >= 0, got {opts.batch_wait_s}")
+        if opts.workers is None:
+            opts.workers = max(4, min(int(opts.max_batch_size), 64))
+        if int(opts.workers) < 1:
+            raise ValueError(f"workers must be >= 1, got {opts.workers}")
+        return opts
+
+
+class HTTPError(Exception):
+    """A request the service refuses: an HTTP status and a message naming the problem."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    media_type: str
+    headers: dict[str, str]
+
+
+def _json_reply(obj: Any, status: int = 200, headers: Optional[dict[str, str]] = None) -> Reply:
+    return Reply(status, json.dumps(obj).encode("utf-8"), "application/json", dict(headers or {}))
+
+
+def _error_reply(status: int, message: str) -> Reply:
+    return _json_reply({"error": message, "status": status}, status)
+
+
+# -- parsing requests ---------------------------------------------------------
+def parse_multipart(body: bytes, content_type: str) -> dict[str, bytes]:
+    """The fields of a ``multipart/form-data`` body, in memory: {name: bytes} (the first of each name)."""
+    boundary = None
+    for param in content_type.split(";")[1:]:
+        key, _, value = param.strip().partition("=")
+        if key.strip().lower() == "boundary":
+            boundary = value.strip().strip('"')
+    if not boundary:
+        raise HTTPError(400, "multipart body without a boundary in its Content-Type")
+    delim = b"--" + boundary.encode("latin-1")
+    fields: dict[str, bytes] = {}
+    for chunk in body.split(delim)[1:]:
+        if chunk.startswith(b"--"):
+            break  # the closing delimiter
+        if chunk.startswith(b"\r\n"):
+            chunk = chunk[2:]
+        head, sep, content = chunk.partition(b"\r\n\r\n")
+        if not sep:
+            raise HTTPError(400, "malformed multipart body: a part has no blank line after its headers")
+        if content.endswith(b"\r\n"):
+            content = content[:-2]
+        name = None
+        for line in head.decode("latin-1").split("\r\n"):
+            key, _, value = line.partition(":")
+            if key.strip().lower() == "content-disposition":
+                for param in value.split(";")[1:]:
+                    k, _, v = param.strip().partition("=")
+                    if k.strip().lower() == "name":
+                        name = v.strip().strip('"')
+        if name is not None and name not in fields:
+            fields[name] = content
+    return fields
+
+
+def image_dimensions(data: bytes) -> Optional[tuple[int, int]]:
+    """(width, height) read from a PNG or JPEG header without decoding it; None when not found."""
+    if data.startswith(PNG_MAGIC) and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data.startswith(JPEG_MAGIC):
+        i = 2
+        while i + 4 <= len(data):
+            if data[i] != 0xFF:
+                return None
+            marker = data[i + 1]
+            if marker == 0xFF:  # fill byte
+                i += 1
+                continue
+            if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+                i += 2
+                continue
+            length = int.from_bytes(data[i + 2 : i + 4], "big")
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+                if i + 9 > len(data):
+                    return None
+                return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
+            if length < 2:
+                return None
+            i += 2 + length
+    return None
+
+
+def image_format(data: bytes) -> str:
+    """'png' or 'jpeg' from the first bytes; HTTPError 415 otherwise."""
+    if data.startswith(PNG_MAGIC):
+        return "png"
+    if data.startswith(JPEG_MAGIC):
+        return "jpeg"
+    raise HTTPError(415, "undecodable image: the body is neither JPEG nor PNG (send the file's bytes, or multipart "
+                         "with an 'image' file)")
+
+
+def decode_image(data: bytes, max_pixels: int) -> tuple[np.ndarray, str]:
+    """JPEG/PNG bytes -> (uint8 gray/BGR/BGRA array, format), refusing images over ``max_pixels`` before decoding."""
+    import cv2
+
+    if not data:
+        raise HTTPError(400, "no image: the request has an empty body (send a JPEG or PNG)")
+    fmt = image_format(data)
+    dims = image_dimensions(data)
+    if dims is not None and dims[0] * dims[1] > max_pixels:
+        raise HTTPError(413, f"image too large: {dims[0]}x{dims[1]} is {dims[0] * dims[1]:,} pixels; "
+                             f"the limit is {max_pixels:,}")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None or image.size == 0:
+        raise HTTPError(400, f"undecodable image: the {fmt.upper()} data is corrupt or truncated")
+    if image.shape[0] * image.shape[1] > max_pixels:
+        raise HTTPError(413, f"image too large: {image.shape[1]}x{image.shape[0]} is {image.shape[0] * image.shape[1]:,} "
+                             f"pixels; the limit is {max_pixels:,}")
+    if image.dtype == np.uint16:  # 16-bit PNG: the runtime works on 8 bits
+        image = (image >> 8).astype(np.uint8)
+    if image.dtype != np.uint8:
+        raise HTTPError(400, f"undecodable image: unsupported sample type {image.dtype}")
+    return image, fmt
+
+
+def encode_image(image: np.ndarray, fmt: str, jpeg_quality: int = 95) -> bytes:
+    import cv2
+
+    if fmt == "png":
+        ok, buf = cv2.imencode(".png", image)
+    else:
+        ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)])
+    if not ok:
+        raise RuntimeError(f"could not encode the result as {fmt}")
+    return buf.tobytes()
+
+
+def parse_target(text: Optional[str]):
+    """``"surprise"`` -> the name; ``"happy=0.7,surprise=0.3"`` -> intensities; checked (HTTPError 400)."""
+    from fexsdk.emotions import target_vector
+
+    if text is None or not str(text).strip():
+        raise HTTPError(400, "no emotion: pass emotion=NAME (e.g. happy, or an alias such as joy) "
+                             "or intensities such as happy=0.7,surprise=0.3")
+    text = str(text).strip()
+    if "=" in text:
+        target: Any = {}
+        for part in text.split(","):
+            name, sep, value = part.partition("=")
+            try:
+                if not sep:
+                    raise ValueError
+                target[name.strip()] = float(value)
+            except ValueError:
+                raise HTTPError(400, f"bad intensities {text!r}: {part.strip()!r} is not name=number") from None
+    elif text.startswith("{"):  # a JSON body's {"happy": 0.7, ...}
+        try:
+            target = json.loads(text)
+        except ValueError:
+            raise HTTPError(400, f"bad intensities {text!r}: not a JSON object of name: number") from None
+        if not isinstance(target, dict):
+            raise HTTPError(400, f"bad intensities {text!r}: not a JSON object of name: number")
+    else:
+        target = int(text) if text.isdigit() else text
+    try:
+        target_vector(target)
+    except ValueError as exc:
+        msg = str(exc)
+        if isinstance(target, dict) and not msg.startswith("unknown emotion"):
+            msg = f"bad intensities: {msg}"
+        raise HTTPError(400, msg) from None
+    return target
+
+
+def _parse_seed(text: Optional[str]) -> Optional[int]:
+    if text is None or str(text).strip() == "":
+        return None
+    try:
+        seed = int(str(text).strip())
+    except ValueError:
+        raise HTTPError(400, f"bad seed {text!r}: expected an integer") from None
+    if seed < 0:
+        raise HTTPError(400, f"bad seed {seed}: expected an integer >= 0")
+    return seed
+
+
+def _parse_strength(text: Optional[str]) -> float:
+    if text is None or str(text).strip() == "":
+        return 1.0
+    try:
+        value = float(str(text).strip())
+    except ValueError:
+        raise HTTPError(400, f"bad strength {text!r}: expected a number >= 0") from None
+    if not np.isfinite(value) or value < 0:
+        raise HTTPError(400, f"bad strength {text!r}: expected a finite number >= 0")
+    return value
+
+
+def _parse_faces(value: Any) -> Optional[list]:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, (str, bytes)):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise HTTPError(400, f"bad faces {value!r}: expected JSON [[x, y, w, h], ...]") from None
+    if not isinstance(value, list) or not all(
+            isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)
+            for b in value):
+        raise HTTPError(400, f"bad faces {value!r}: expected JSON [[x, y, w, h], ...]")
+    for b in value:
+        if not (b[2] > 0 and b[3] > 0):
+            raise HTTPError(400, f"bad faces: box {b} needs a positive width and height")
+    return value
+
+
+def _parse_targets(text: Optional[str]) -> Optional[list]:
+    if text is None or not str(text).strip():
+        return None
+    try:
+        items = json.loads(text)
+    except ValueError:
+        raise HTTPError(400, f"bad targets {text!r}: expected a JSON list, one target per crop") from None
+    if not isinstance(items, list):
+        raise HTTPError(400, f"bad targets {text!r}: expected a JSON list, one target per crop")
+    out = []
+    for item in items:
+        if isinstance(item, dict):
+            try:
+                from fexsdk.emotions import target_vector
+
+                target_vector(item)
+            except ValueError as exc:
+                raise HTTPError(400, f"bad intensities in targets: {exc}") from None
+            out.append(item)
+        elif isinstance(item, (str, int)) and not isinstance(item, bool):
+            out.append(parse_target(str(item)))
+        else:
+            raise HTTPError(400, f"bad target {item!r} in targets: expected a name, an index or {{name: intensity}}")
+    return out
+
+
+@dataclass
+class ParsedRequest:
+    data: bytes
+    fields: dict[str, str]
+
+
+def _text(value: bytes, name: str) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HTTPError(400, f"field {name!r} is not UTF-8 text") from None
+
+
+def parse_request(body: bytes, content_type: str, query: Mapping[str, str], file_field: str) -> ParsedRequest:
+    """Split a request into its payload (``file_field`` of a multipart body, or the raw body) and its text fields.
+
+    Text fields come from the query string, then multipart fields, then a JSON body's keys (the payload of a
+    JSON body is base64 under ``file_field``).
+    """
+    fields = {k: v for k, v in query.items()}
+    ctype = (content_type or "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        parts = parse_multipart(body, content_type)
+        data = parts.pop(file_field, b"")
+        for k, v in parts.items():
+            fields[k] = _text(v, k)
+        return ParsedRequest(data, fields)
+    if ctype == "application/json":
+        try:
+            obj = json.loads(body.decode("utf-8")) if body else {}
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise HTTPError(400, f"the JSON body is not valid JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise HTTPError(400, "the JSON body must be an object")
+        raw = obj.pop(file_field, None)
+        data = b""
+        if raw is not None:
+            if not isinstance(raw, str):
+                raise HTTPError(400, f"{file_field!r} must be a base64 string")
+            try:
+                data = base64.b64decode(raw.split(",", 1)[-1] if raw.startswith("data:") else raw, validate=True)
+            except (binascii.Error, ValueError):
+                raise HTTPError(400, f"undecodable image: {file_field!r} is not valid base64") from None
+        for k, v in obj.items():
+            fields[k] = v if isinstance(v, str) else json.dumps(v)
+        return ParsedRequest(data, fields)
+    return ParsedRequest(body, fields)
+
+
+# -- the generator, batched -------------------------------------------------------
+class _BatchedBackend:
+    """Stands in for a Transfer's backend: ``run`` (called from a worker thread) sends each face to the
+    replica's batch queue and blocks until its row comes back."""
+
+    def __init__(self, inner, submit) -> None:
+        self.inner = inner
+        self.meta = inner.meta
+        self.name = inner.name
+        self._submit = submit  # (image_row, label_row, noise_row) -> concurrent Future of the output row
+
+    def run(self, image, label, noise):
+        futures = [self._submit(image[i], label[i], None if noise is None else noise[i]) for i in range(image.shape[0])]
+        return np.stack([f.result() for f in futures])
+
+
+class FexService:
+    """The request handler of one replica: one Transfer, worker threads, and the batch queue.
+
+    Usable without Ray through :meth:`handle` (``_use_serve_batch=False``: each request's faces go through the
+    generator by themselves); Ray Serve wraps it as a deployment in :func:`make_app`, where ``__call__``
+    answers Starlette requests.
+    """
+
+    def __init__(self, options: Optional[Mapping[str, Any]] = None, _use_serve_batch: bool = True) -> None:
+        from fexsdk.faces import make_detector
+        from fexsdk.transfer import DEFAULT_MODEL, Transfer
+
+        self.opts = ServeOptions.from_args(options)
+        o = self.opts
+        self.transfer = Transfer(o.model, device=o.device, detector=o.detector, blend=o.blend, threads=o.threads)
+        self.model_path = Path(o.model) if o.model else DEFAULT_MODEL
+        self.backend = self.transfer.backend
+        self.meta = self.transfer.meta
+        self.stats = {"requests": 0, "errors": 0, "faces": 0, "generator_calls": 0, "largest_batch": 0}
+        self._stats_lock = threading.Lock()
+        self._gen_lock = threading.Lock()
+        self._loop: Optional[asyncio.AbstractEventLoop] = None
+        self._batched = None
+        if _use_serve_batch and o.max_batch_size > 1:
+            serve = require("ray.serve", "serve", "fexsdk's HTTP service")
+            self._batched = serve.batch(max_batch_size=int(o.max_batch_size),
+                                        batch_wait_timeout_s=float(o.batch_wait_s))(self._generate_batch)
+        # Each worker thread checks out its own Transfer (OpenCV's detectors are not thread-safe); all share
+        # one backend, wrapped so that the generator call goes through the batch queue.
+        shared_backend = _BatchedBackend(self.backend, self._submit) if self._batched else _LockedBackend(self.backend, self._count)
+        self._transfers: "queue.Queue" = queue.Queue()
+        for i in range(int(o.workers)):
+            tr = copy.copy(self.transfer)
+            if i:
+                tr.detector = make_detector(o.detector)
+            tr.backend = shared_backend
+            self._transfers.put(tr)
+        self._workers = ThreadPoolExecutor(int(o.workers), thread_name_prefix="fex-worker")
+        self._generator = ThreadPoolExecutor(1, thread_name_prefix="fex-generator")
+
+    # -- batching --------------------------------------------------------------
+    def _count(self, n: int) -> None:
+        with self._stats_lock:
+            self.stats["generator_calls"] += 1
+            self.stats["faces"] += n
+            self.stats["largest_batch"] = max(self.stats["largest_batch"], n)
+
+    def _submit(self, image_row, label_row, noise_row):
+        if self._loop is None:
+            raise RuntimeError("the batch queue has no event loop (call the service from its own loop)")
+        return asyncio.run_coroutine_threadsafe(self._batched((image_row, label_row, noise_row)), self._loop)
+
+    def _run_generator(self, image, label, noise):
+        self._count(image.shape[0])
+        return self.backend.run(image, label, noise)
+
+    async def _generate_batch(self, items: list) -> list:
+        """The faces of concurrent requests, one generator call; row i of the output goes back to item i."""
+        image = np.stack([it[0] for it in items])
+        label = np.stack([it[1] for it in items])
+        noise = None if items[0][2] is None else np.stack([it[2] for it in items])
+        loop = asyncio.get_running_loop()
+        out = await loop.run_in_executor(self._generator, self._run_generator, image, label, noise)
+        return list(out)
+
+    @contextmanager
+    def _transfer(self):
+        tr = self._transfers.get()
+        try:
+            yield tr
+        finally:
+            self._transfers.put(tr)
+
+    async def _in_worker(self, fn, *args):
+        self._loop = asyncio.get_running_loop()
+        return await self._loop.run_in_executor(self._workers, fn, *args)
+
+    # -- endpoints ---------------------------------------------------------------
+    def model_info(self) -> dict:
+        card = None
+        card_path = self.model_path.with_suffix(".json")
+        if card_path.is_file():
+            try:
+                card = json.loads(card_path.read_text())
+            except (OSError, ValueError):
+                card = None
+        from fexsdk._version import __version__
+
+        return {
+            "model": self.model_path.name,
+            "backend": self.backend.name,
+            "detector": getattr(self.transfer.detector, "name", type(self.transfer.detector).__name__),
+            "blend": self.transfer.blend,
+            "fexsdk_version": __version__,
+            "metadata": asdict(self.meta),
+            "card": card,
+            "batching": {"max_batch_size": self.opts.max_batch_size, "batch_wait_s": self.opts.batch_wait_s,
+                         "across_requests": self._batched is not None},
+            "limits": {"max_body_bytes": self.opts.max_body_bytes, "max_pixels": self.opts.max_pixels,
+                       "max_crops": self.opts.max_crops},
+        }
+
+    def _apply_sync(self, image: np.ndarray, target, faces, seed, strength):
+        with self._transfer() as tr:
+            return tr.apply(image, target, faces=faces, seed=seed, strength=strength, return_faces=True)
+
+    def _generate_sync(self, crops: np.ndarray, targets, seed):
+        with self._transfer() as tr:
+            return tr.generate(crops, targets, seed=seed)
+
+    async def _apply(self, req: ParsedRequest, as_json: bool) -> Reply:
+        image, fmt = decode_image(req.data, self.opts.max_pixels)
+        f = req.fields
+        target = parse_target(f.get("emotion"))
+        seed = _parse_seed(f.get("seed"))
+        strength = _parse_strength(f.get("strength"))
+        faces = _parse_faces(f.get("faces"))
+        out, found = await self._in_worker(self._apply_sync, image, target, faces, seed, strength)
+        boxes = [[round(float(v), 2) for v in face.box] for face in found]
+        encoded = encode_image(out, fmt, self.opts.jpeg_quality)
+        if as_json:
+            return _json_reply({"format": fmt, "image": base64.b64encode(encoded).decode("ascii"),
+                                "faces": [{"box": b, "score": round(float(face.score), 4)} for b, face in zip(boxes, found)]})
+        return Reply(200, encoded, "image/png" if fmt == "png" else "image/jpeg",
+                     {"X-Faces": json.dumps(boxes), "X-Face-Count": str(len(found))})
+
+    def _read_crops(self, data: bytes) -> tuple[np.ndarray, str]:
+        import cv2
+
+        m = self.meta
+        s = m.image_size
+        if not data:
+            raise HTTPError(400, f"no crops: send an .npy array (N, {s}, {s}) uint8 or a PNG of {s}x{s} crops side by side")
+        if data.startswith(NPY_MAGIC):
+            try:
+                crops = np.load(io.BytesIO(data), allow_pickle=False)
+            except (ValueError, OSError, EOFError) as exc:
+                raise HTTPError(400, f"undecodable crops: not a valid .npy array ({exc})") from None
+            fmt = "npy"
+        elif data.startswith(PNG_MAGIC):
+            dims = image_dimensions(data)
+            if dims is not None and dims[0] * dims[1] > self.opts.max_pixels:
+                raise HTTPError(413, f"image too large: {dims[0]}x{dims[1]} pixels; the limit is {self.opts.max_pixels:,}")
+            flag = cv2.IMREAD_GRAYSCALE if m.channels == 1 else cv2.IMREAD_COLOR
+            strip = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+            if strip is None:
+                raise HTTPError(400, "undecodable crops: the PNG data is corrupt or truncated")
+            h, w = strip.shape[:2]
+            if h != s or w % s or w == 0:
+                raise HTTPError(400, f"wrong crop shape: a PNG of crops must be {s} pixels high and N*{s} wide "
+                                     f"(crops side by side), got {w}x{h}")
+            n = w // s
+            if m.channels == 1:
+                crops = strip.reshape(s, n, s).transpose(1, 0, 2)
+            else:
+                crops = strip.reshape(s, n, s, 3).transpose(1, 3, 0, 2)
+            fmt = "png"
+        else:
+            raise HTTPError(415, "undecodable crops: send an .npy array or a PNG")
+        if crops.dtype != np.uint8:
+            raise HTTPError(400, f"wrong crop type: crops must be uint8, got {crops.dtype}")
+        want = (s, s) if m.channels == 1 else (m.channels, s, s)
+        ok = crops.ndim >= 3 and (crops.shape[1:] == want or (m.channels == 1 and crops.shape[1:] == (1, s, s)))
+        if not ok:
+            raise HTTPError(400, f"wrong crop shape: expected (N, {', '.join(map(str, want))})"
+                                 f"{f' or (N, 1, {s}, {s})' if m.channels == 1 else ''} uint8, got {crops.shape}")
+        if crops.shape[0] == 0:
+            raise HTTPError(400, "no crops: the array holds 0 crops")
+        if crops.shape[0] > self.opts.max_crops:
+            raise HTTPError(413, f"too many crops: {crops.shape[0]}; the limit is {self.opts.max_crops} per request")
+        return np.ascontiguousarray(crops), fmt
+
+    async def _generate(self, req: ParsedRequest) -> Reply:
+        crops, fmt = self._read_crops(req.data)
+        f = req.fields
+        targets = _parse_targets(f.get("targets"))
+        if targets is None:
+            targets = parse_target(f.get("emotion"))
+        elif len(targets) != crops.shape[0]:
+            raise HTTPError(400, f"got {len(targets)} targets for {crops.shape[0]} crops; give one target, or exactly one per crop")
+        seed = _parse_seed(f.get("seed"))
+        out = await self._in_worker(self._generate_sync, crops, targets, seed)
+        if fmt == "npy":
+            buf = io.BytesIO()
+            np.save(buf, out, allow_pickle=False)
+            return Reply(200, buf.getvalue(), "application/octet-stream", {"X-Crop-Count": str(out.shape[0])})
+        flat = out.reshape(out.shape[0], self.meta.image_size, self.meta.image_size) if self.meta.channels == 1 else out
+        strip = (np.concatenate(list(flat), axis=1) if self.meta.channels == 1
+                 else np.concatenate([c.transpose(1, 2, 0) for c in flat], axis=1))
+        return Reply(200, encode_image(strip, "png"), "image/png", {"X-Crop-Count": str(out.shape[0])})
+
+    async def handle(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str],
+                     body: bytes) -> Reply:
+        """Answer one HTTP request (no Ray needed): every refusal is a 4xx naming the problem."""
+        path = "/" + path.strip("/")
+        routes = {"/healthz": ("GET",), "/model": ("GET",), "/stats": ("GET",),
+                  "/apply": ("POST",), "/apply.json": ("POST",), "/generate": ("POST",)}
+        if path not in routes:
+            return _error_reply(404, f"no endpoint {path}; endpoints: {', '.join(sorted(routes))}")
+        if method.upper() not in routes[path] and not (method.upper() == "HEAD" and "GET" in routes[path]):
+            return _error_reply(405, f"{path} takes {' or '.join(routes[path])}, not {method.upper()}")
+        if path == "/healthz":
+            return _json_reply({"status": "ok"})
+        if path == "/model":
+            return _json_reply(self.model_info())
+        if path == "/stats":
+            with self._stats_lock:
+                return _json_reply(dict(self.stats))
+        with self._stats_lock:
+            self.stats["requests"] += 1
+        try:
+            if len(body) > self.opts.max_body_bytes:
+                raise HTTPError(413, f"request too large: {len(body):,} bytes; the limit is {self.opts.max_body_bytes:,}")
+            ctype = {k.lower(): v for k, v in headers.items()}.get("content-type", "")
+            field = "crops" if path == "/generate" else "image"
+            req = parse_request(body, ctype, query, field)
+            if path == "/generate":
+                return await self._generate(req)
+            return await self._apply(req, as_json=path == "/apply.json")
+        except HTTPError as exc:
+            self._error()
+            return _error_reply(exc.status, exc.message)
+        except ValueError as exc:  # fexsdk's own checks (face boxes, targets, strength): the request's fault
+            self._error()
+            return _error_reply(400, str(exc))
+
+    def _error(self) -> None:
+        with self._stats_lock:
+            self.stats["errors"] += 1
+
+    async def __call__(self, request):
+        """Ray Serve's entry point: a Starlette request in, a Starlette response out."""
+        from starlette.responses import Response
+
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > self.opts.max_body_bytes:
+            reply = _error_reply(413, f"request too large: {int(length):,} bytes; the limit is {self.opts.max_body_bytes:,}")
+        else:
+            body = await request.body()
+            path = request.url.path
+            root = request.scope.get("root_path") or ""  # the app's route_prefix, when it is not "/"
+            if root.strip("/") and path.startswith(root):
+                path = path[len(root):]
+            try:
+                reply = await self.handle(request.method, path, dict(request.query_params),
+                                          dict(request.headers), body)
+            except Exception as exc:  # a bug, not the client's fault: say so and keep serving
+                self._error()
+                reply = _error_reply(500, f"internal error: {type(exc).__name__}: {exc}")
+        return Response(reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.headers)
+
+
+class _LockedBackend:
+    """Batching off: each request's faces go through the generator by themselves (counted for /stats)."""
+
+    def __init__(self, inner, count) -> None:
+        self.inner = inner
+        self.meta = inner.meta
+        self.name = inner.name
+        self._count = count
+
+    def run(self, image, label, noise):
+        self._count(image.shape[0])
+        return self.inner.run(image, label, noise)
+
+
+# -- Ray Serve -------------------------------------------------------------------------
+def build_app(args: Optional[Mapping[str, Any]] = None):
+    """The Serve application builder: ``import_path: fexsdk.serve:build_app`` in ``serve.yaml`` (or
+    ``serve run fexsdk.serve:build_app max_batch_size=32``). ``args`` are :class:`ServeOptions` fields;
+    replicas, GPUs and autoscaling are the deployment's options under ``deployments:``.
+    """
+    return make_app(args)
+
+
+def make_app(args: Optional[Mapping[str, Any]] = None, *, num_replicas: Optional[int] = None,
+             ray_actor_options: Optional[dict] = None, max_ongoing_requests: Optional[int] = None):
+    """The Serve application with its deployment options given here (for ``fex serve``, tests, benchmarks)."""
+    serve = require("ray.serve", "serve", "fexsdk's HTTP service")
+    opts = ServeOptions.from_args(args)
+    options: dict[str, Any] = {"name": "FexService",
+                               # enough requests in flight for a batch to fill (each has one face or more)
+                               "max_ongoing_requests": max_ongoing_requests or 2 * int(opts.workers)}
+    if num_replicas is not None:
+        options["num_replicas"] = num_replicas
+    if ray_actor_options is not None:
+        options["ray_actor_options"] = ray_actor_options
+    elif opts.device.startswith("cuda"):
+        options["ray_actor_options"] = {"num_gpus": 1}
+    return serve.deployment(FexService).options(**options).bind(asdict(opts))
+
+
+def run_local(args: Mapping[str, Any], *, replicas: int = 1, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+              num_cpus: Optional[int] = None, blocking: bool = True) -> str:
+    """Start Ray locally, deploy the app and return its URL (``fex serve``); with ``blocking`` wait for Ctrl-C."""
+    ray = require("ray", "serve", "fex serve")
+    serve = require("ray.serve", "serve", "fex serve")
+    opts = ServeOptions.from_args(args)
+    if opts.model and not Path(opts.model).is_file():
+        raise FileNotFoundError(f"model file not found: {opts.model}")
+    if replicas < 1:
+        raise ValueError(f"replicas must be >= 1, got {replicas}")
+    if not ray.is_initialized():
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    gpus = float(ray.cluster_resources().get("GPU", 0))
+    if opts.device.startswith("cuda") and gpus == 0:
+        raise RuntimeError("--device cuda, but Ray sees no GPU on this machine")
+    # A replica sees a GPU only if it asks for one (Ray hides the others): "cuda" takes a whole GPU each,
+    # "auto" shares what there is. On a CPU a replica reserves no whole core: several share the machine.
+    if opts.device.startswith("cuda"):
+        actor_options: dict = {"num_gpus": 1}
+    elif opts.device == "auto" and gpus > 0:
+        actor_options = {"num_gpus": min(1.0, gpus / replicas), "num_cpus": 0}
+    else:
+        actor_options = {"num_cpus": 0}
+    serve.start(http_options={"host": host, "port": int(port)})
+    serve.run(make_app(asdict(opts), num_replicas=replicas, ray_actor_options=actor_options),
+              name=APP_NAME, route_prefix="/", blocking=False)
+    url = f"http://{host}:{port}"
+    if blocking:
+        import signal
+        import time
+
+        def _stop(signum, frame):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, _stop)
+
+        print(f"fexsdk serving on {url} ({replicas} replica(s), max batch {opts.max_batch_size} faces); "
+              f"POST {url}/apply, Ctrl-C stops", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            serve.shutdown()
+            ray.shutdown()
+    return url
+
