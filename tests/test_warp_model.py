@@ -1,0 +1,61 @@
+"""Warp-head generators (issue 13): identity at zero flow, ONNX outputs, metadata that lacks outputs."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from fexsdk.metadata import ModelMetadata  # noqa: E402
+from training.models import Generator, identity_grid, warp  # noqa: E402
+
+
+def test_zero_flow_gives_back_the_input_at_48x48():
+    x = torch.rand(3, 1, 48, 48) * 2 - 1
+    out = warp(x, torch.zeros(3, 2, 48, 48), identity_grid(48))
+    assert torch.allclose(out, x, atol=1e-5)
+
+
+def test_zero_flow_and_zero_mask_through_the_generator():
+    G = Generator(conv_dim=8, n_res=1, output="warp", upsample="nearest")
+    with torch.no_grad():
+        G.head.weight.zero_()
+        G.head.bias.zero_()
+        G.head.bias[-1] = -1e4  # mask = sigmoid(-1e4) = 0
+        x = torch.rand(2, 1, 48, 48) * 2 - 1
+        p = G.forward_parts(x, torch.eye(7)[:2])
+    assert torch.allclose(p.flow, torch.zeros_like(p.flow))
+    assert float(p.mask.max()) == 0.0
+    assert torch.allclose(p.image, x, atol=1e-5)
+
+
+def test_a_constant_flow_shifts_by_the_expected_pixels_at_48x48():
+    x = torch.zeros(1, 1, 48, 48)
+    x[..., 20:24, 20:24] = 1.0
+    flow = torch.zeros(1, 2, 48, 48)
+    flow[:, 0] = 4 / 24  # 4 px at 48: output(p) = input(p + 4)
+    out = warp(x, flow, identity_grid(48))
+    cols = torch.nonzero(out[0, 0, 21] > 0.5).flatten()
+    assert cols.min().item() == 16 and cols.max().item() == 19
+
+
+@pytest.mark.parametrize("paint", [True, False])
+def test_warp_generator_exports_all_outputs_with_parity(tmp_path, paint):
+    from export.onnx_export import export_onnx
+    from training.checkpoint import save_checkpoint
+    from training.models import config_dict
+
+    G = Generator(conv_dim=8, n_res=1, output="warp", paint=paint, upsample="nearest",
+                  dropout_at=["residual"], unet_skips=True, leaky_relu=True)
+    ckpt = tmp_path / "warp.pt"
+    save_checkpoint(ckpt, {"generator_config": config_dict(G), "G": G.state_dict(), "preset": "test-warp"})
+    report = export_onnx(ckpt, tmp_path / "warp.onnx")
+    assert report.metadata.outputs == ["output", "flow", "residual", "mask"] and report.metadata.is_warp
+    assert report.max_abs_diff < 1e-4
+
+
+def test_metadata_missing_warp_outputs_is_refused():
+    with pytest.raises(ValueError, match="warp model needs outputs"):
+        ModelMetadata(outputs=["output", "flow"]).validate()
+    with pytest.raises(ValueError, match="must include 'output'"):
+        ModelMetadata(outputs=["flow", "residual", "mask"]).validate()
+    ModelMetadata(outputs=["output"]).validate()
