@@ -339,7 +339,7 @@ def _run_export_engine(args: argparse.Namespace) -> int:
 def _add_runtime(sub: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", help="model file (.onnx, .engine, .pt); default: the bundled model")
-    common.add_argument("--detector", help="haar (default), a YuNet .onnx path or an SSD .pb path")
+    common.add_argument("--detector", help="yunet (default: the YuNet model shipped in fexsdk), haar (OpenCV's cascade), a YuNet .onnx path or an SSD .pb path")
     common.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where the model runs: auto (a GPU when the backend has one), cpu or cuda")
     common.add_argument("--threads", type=_POSITIVE, help="CPU threads for the model (default: the CPUs, at most 4)")
@@ -454,7 +454,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--headless", action="store_true", help="no window (with no --output: process and print statistics)")
     p.add_argument("--no-overlay", action="store_true", help="do not draw the emotion, FPS and timings on the frames")
     p.add_argument("--model", help="model file (.onnx, .engine, .pt); default: the bundled model")
-    p.add_argument("--detector", help="haar (default), a YuNet .onnx path or an SSD .pb path")
+    p.add_argument("--detector", help="yunet (default: the YuNet model shipped in fexsdk), haar (OpenCV's cascade), a YuNet .onnx path or an SSD .pb path")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where the model runs: auto (a GPU when the backend has one), cpu or cuda")
     p.add_argument("--threads", type=_POSITIVE, help="CPU threads for the model (default: the CPUs, at most 4)")
@@ -520,7 +520,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where each replica's model runs: auto (a GPU when the backend has one), cpu or cuda")
-    p.add_argument("--detector", help="haar (default), a YuNet .onnx path or an SSD .pb path")
+    p.add_argument("--detector", help="yunet (default: the YuNet model shipped in fexsdk), haar (OpenCV's cascade), a YuNet .onnx path or an SSD .pb path")
     p.add_argument("--threads", type=_POSITIVE, help="onnxruntime CPU threads per replica")
     p.add_argument("--num-cpus", type=_POSITIVE, help="CPUs Ray may use (default: all)")
     p.set_defaults(func=_run_serve)

@@ -133,7 +133,8 @@ class Transfer:
     Args:
         model: ``.onnx``, ``.engine``/``.plan`` or a training checkpoint; None uses the bundled default model.
         device: "auto" (GPU when the backend has one), "cpu" or "cuda".
-        detector: "haar" (default, needs no file), a YuNet ``.onnx`` path, an SSD ``.pb`` path, or a detector object.
+        detector: "yunet" (the default, None: the YuNet model shipped in the package), "haar" (OpenCV's cascade),
+            a YuNet ``.onnx`` path, an SSD ``.pb`` path, or a detector object.
         blend: "residual" (default: add the generator's change to the luminance) or "replace" (paste its output).
         threads: CPU threads for onnxruntime (None: the usable CPUs, at most 4). Idle threads sleep (no spinning).
         smooth: filter the generator's change before pasting it back, removing the checkerboard
@@ -280,7 +281,7 @@ class Transfer:
             target: an emotion name or alias ("surprise", "joy"), an index, a dict of intensities
                 ({"happy": 0.7}), or a list with one of those per face.
             faces: (x, y, w, h) boxes or Face objects to use instead of running the detector; they are
-                framed like the configured detector's boxes (Haar's, the default, need no margin).
+                framed like the configured detector's boxes (YuNet's, the default's: see fexsdk.crops).
             seed: fixes the test-time dropout noise (same seed, same output): an int gives face i the
                 stream (seed, i), a list gives face i its own seed; None draws new noise each call.
             strength: scales the change, in [0, 2] (0 = unchanged, 1 = the model's change).
