@@ -16,7 +16,7 @@ from fexsdk.backends import Backend, check_threads, load_backend
 from fexsdk.crops import CropBox, crop_box_for, extract_crops
 from fexsdk.emotions import Target, check_target, target_matrix
 from fexsdk.faces import Face, FaceDetector, make_detector
-from fexsdk.images import check_image
+from fexsdk.images import check_image, read_image
 from fexsdk.noise import draw_noise
 from fexsdk.paste import BLEND_MODES, MAX_STRENGTH, paste_back
 
@@ -44,19 +44,13 @@ class TransferResult:
 
 
 def load_image(image: Union[np.ndarray, str, os.PathLike]) -> np.ndarray:
-    """Check an image argument (or read a path) and return it unchanged: uint8 HxW, HxWx3 (BGR) or HxWx4 (BGRA)."""
-    if isinstance(image, (str, os.PathLike)):
-        import cv2
+    """Check an image argument (or read a path) and return it unchanged: uint8 HxW, HxWx3 (BGR) or HxWx4 (BGRA).
 
-        path = Path(image)
-        if path.is_dir():
-            raise ValueError(f"{path} is a folder, not an image file")
-        if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
-        loaded = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if loaded is None:
-            raise ValueError(f"{path} is not an image OpenCV can read")
-        image = to_uint8(loaded, str(path))
+    A path is read upright (its EXIF orientation applied) with alpha kept; a truncated JPEG or PNG
+    warns with :class:`fexsdk.images.TruncatedImageWarning`."""
+    if isinstance(image, (str, os.PathLike)):
+        # Upright (EXIF orientation applied), alpha kept; a truncated file warns (fexsdk.images.read_image).
+        image = to_uint8(read_image(image), str(image))
     if image is not None and not isinstance(image, np.ndarray):
         raise ValueError(f"image must be a numpy array or a path, got {type(image).__name__}")
     check_image(image)
