@@ -202,7 +202,8 @@ def read_image(path, truncated: str = "warn") -> np.ndarray:
         if truncated == "error":
             raise ValueError(message)
         warnings.warn(message, TruncatedImageWarning, stacklevel=2)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    # imread, not imdecode: for a truncated JPEG imdecode gives None where imread gives the grey-bottomed image.
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise ValueError(f"{path} is not an image OpenCV can read")
     return apply_orientation(image, exif_orientation(data))
