@@ -190,7 +190,7 @@ def test_yunet_leaves_small_and_unlikely_faces_alone(placed):
     frames, gts, _ = placed
     frame, gt = next((f, gt) for f, gt in zip(frames, gts) if YuNetDetector().detect(f))
     face = YuNetDetector().detect(frame)[0]
-    assert face.score >= 0.7 and max(face.box[2:]) >= 40
+    assert face.score >= 0.8 and max(face.box[2:]) >= 40
     # the same face is dropped when it is under min_face, or scores under the threshold
     assert YuNetDetector(min_face=max(face.box[2:]) + 1).detect(frame) == []
     assert YuNetDetector(score_threshold=min(1.0, face.score + 0.01)).detect(frame) == [] or face.score > 0.99
@@ -226,7 +226,7 @@ def test_make_detector_default_is_the_bundled_yunet():
     for det in (make_detector(), make_detector(None), make_detector("yunet"), make_detector("YuNet")):
         assert isinstance(det, YuNetDetector) and det.name == "yunet"
         assert det.path == Path(str(bundled)) == faces_mod.bundled_yunet()
-        assert det.input_size == 960 and det.min_face == 40 and det.score_threshold == 0.7
+        assert det.input_size == 960 and det.min_face == 40 and det.score_threshold == 0.8
 
 
 def test_bundled_yunet_is_the_published_file_with_its_licence():
