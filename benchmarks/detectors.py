@@ -24,6 +24,16 @@ that ``extract_crops`` cuts from the frame and the original FER2013 face, on a
 finer grid around the IoU optimum (this is what the generator sees, so it decides).
 
     python benchmarks/detectors.py --data ../shared/data/fer2013.npz --models ../shared/models
+
+``--compare`` instead measures what the README's detector table shows: Haar and
+the bundled YuNet (at detector input sizes 320, 480 and 640, the default, and at
+the frame's own size) on PublicTest faces placed on 640x480 and 1280x720 frames
+(recall), false positives on face-free images (scikit-image's sample photos and
+textures that hold no human face, and random crops of them resized to both frame
+sizes; needs scikit-image), YuNet's recall and false positives at several score
+thresholds, and ms per frame at both frame sizes:
+
+    python benchmarks/detectors.py --compare --json detectors.json
 """
 
 from __future__ import annotations
@@ -109,13 +119,28 @@ def time_detector(det, frames, repeats: int) -> float:
     return 1000.0 * float(best.mean())
 
 
+def time_interleaved(dets: dict, frames, repeats: int) -> dict:
+    """ms per frame of each detector, timed in turn on the same frame (best of ``repeats`` per frame, then the
+    mean), so that load from other processes on a shared machine falls on all of them alike."""
+    best = {name: np.full(len(frames), np.inf) for name in dets}
+    for det in dets.values():
+        det.detect(frames[0])
+    for i, frame in enumerate(frames):
+        for _ in range(repeats):
+            for name, det in dets.items():
+                t0 = time.perf_counter()
+                det.detect(frame)
+                best[name][i] = min(best[name][i], time.perf_counter() - t0)
+    return {name: 1000.0 * float(b.mean()) for name, b in best.items()}
+
+
 def small_face_sweep(faces, models: Path, seed: int) -> dict:
     """Recall (and YuNet ms/frame) for small faces: YuNet at several enlargements, Haar at two floors."""
     yunet = models / "face_detection_yunet_2023mar.onnx"
     variants = {}
     if yunet.is_file():
-        for label, min_face in (("yunet 1x", None), ("yunet 1.25x", 57.6), ("yunet 1.5x", 48), ("yunet 2x", 36)):
-            variants[label] = YuNetDetector(yunet, min_face=min_face)
+        for label, scale in (("yunet 1x", 1.0), ("yunet 1.25x", 1.25), ("yunet 1.5x", 1.5), ("yunet 2x", 2.0)):
+            variants[label] = YuNetDetector(yunet, min_face=0, input_size=round(FRAME_W * scale))
     variants["haar min 24"] = HaarDetector(min_face=24)
     variants["haar min 32"] = HaarDetector(min_face=32)
     out: dict = {}
@@ -139,6 +164,114 @@ def small_face_sweep(faces, models: Path, seed: int) -> dict:
     return out
 
 
+# Sample images of scikit-image that hold no human face (astronaut and camera do; chelsea is a cat).
+FACE_FREE = ("brick", "grass", "gravel", "coffee", "coins", "hubble_deep_field", "immunohistochemistry", "moon",
+             "page", "rocket", "text", "retina", "clock", "colorwheel", "cell", "logo", "chelsea")
+COMPARE_FRAMES = ((640, 480), (1280, 720))
+COMPARE_SIZES = (48, 96, 192)
+SCORES = (0.5, 0.6, 0.7, 0.8, 0.9)
+BY_SCORE = "yunet-960"  # the variant whose recall and false positives are also reported per score threshold
+
+
+def face_free_images(rng: np.random.Generator, crops_per_image: int = 4) -> list[tuple[str, np.ndarray]]:
+    """scikit-image's face-free samples as they are, plus random crops of them resized to each frame size."""
+    import skimage.data
+
+    out = []
+    for name in FACE_FREE:
+        im = np.asarray(getattr(skimage.data, name)())
+        if im.ndim == 2:
+            im = cv2.cvtColor(im, cv2.COLOR_GRAY2BGR)
+        else:
+            im = cv2.cvtColor(im[..., :3], cv2.COLOR_RGB2BGR)
+        out.append((name, im))
+        h, w = im.shape[:2]
+        for k in range(crops_per_image):
+            W, H = COMPARE_FRAMES[k % len(COMPARE_FRAMES)]
+            cw = int(rng.integers(w // 3, w + 1))
+            ch = min(h, max(8, round(cw * H / W)))
+            x, y = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            crop = cv2.resize(im[y : y + ch, x : x + cw], (W, H), interpolation=cv2.INTER_CUBIC)
+            out.append((f"{name}-crop{k}-{W}x{H}", crop))
+    return out
+
+
+def compare(faces, models: Path, args) -> dict:
+    """Haar vs the bundled YuNet: recall, false positives on face-free images, ms per frame."""
+    dets = {"haar": HaarDetector()}
+    path = models / "face_detection_yunet_2023mar.onnx"
+    # Built with a low score threshold: the detections are filtered afterwards for each threshold.
+    for label, size in (("yunet-640", 640), ("yunet-800", 800), ("yunet-960", 960), ("yunet-native", None)):
+        dets[label] = YuNetDetector(path if path.is_file() else None, score_threshold=min(SCORES), input_size=size)
+    default = YuNetDetector()
+    keep = {name: (lambda f: f.score >= default.score_threshold) if name.startswith("yunet") else (lambda f: True)
+            for name in dets}
+    out: dict = {"recall": {}, "false_positives": {}, "ms_per_frame": {}, "yunet_by_score": {}}
+    print(f"compare: {len(faces)} PublicTest faces, sizes {COMPARE_SIZES} px, frames {COMPARE_FRAMES}; "
+          f"YuNet score >= {default.score_threshold}, min_face {default.min_face:g}")
+    timed: dict[str, list] = {}  # frames with 96-px faces, timed at the end, both sizes in turn
+    by_score_hits = {t: 0 for t in SCORES}
+    by_score_total = 0
+    for W, H in COMPARE_FRAMES:
+        for size in COMPARE_SIZES:
+            rng = np.random.default_rng(args.seed + size + W)
+            frames = [place_face(f, size, rng, frame=(W, H)) for f in faces]
+            for name, det in dets.items():
+                hits = 0
+                for frame, (x, y, s) in frames:
+                    found = det.detect(frame)
+                    ious = [(box_iou(f.box, (x, y, s, s)), f.score) for f in found]
+                    hits += any(v > 0.5 and keep[name](f) for (v, _), f in zip(ious, found))
+                    if name == BY_SCORE:
+                        by_score_total += 1
+                        for t in SCORES:
+                            by_score_hits[t] += any(v > 0.5 and sc >= t for v, sc in ious)
+                rec = hits / len(frames)
+                out["recall"].setdefault(f"{W}x{H}", {}).setdefault(str(size), {})[name] = rec
+                print(f"  {W}x{H} face {size:3d}px  {name:12s} recall {rec:.3f}", flush=True)
+            if size == COMPARE_SIZES[1]:
+                timed[f"{W}x{H}"] = [f for f, _ in frames[: args.time_frames]]
+    # Both frame sizes and all detectors timed in turn on the same frames, so that load from other
+    # processes falls on all of them alike.
+    pairs = [(key, frames) for key, frames in timed.items()]
+    for i in range(max(len(f) for _, f in pairs)):
+        for key, frames in pairs:
+            if i < len(frames):
+                for name, ms in time_interleaved(dets, frames[i : i + 1], args.repeats).items():
+                    out["ms_per_frame"].setdefault(key, {}).setdefault(name, []).append(ms)
+    for key in out["ms_per_frame"]:
+        for name, values in out["ms_per_frame"][key].items():
+            out["ms_per_frame"][key][name] = float(np.mean(values))
+            print(f"  {key} {name:12s} {out['ms_per_frame'][key][name]:.1f} ms/frame", flush=True)
+    try:
+        free = face_free_images(np.random.default_rng(args.seed))
+    except ImportError:
+        print("skipping false positives: scikit-image is not installed")
+        free = []
+    if free:
+        by_score_fp = {t: 0 for t in SCORES}
+        for name, det in dets.items():
+            boxes = images = 0
+            for label, im in free:
+                found = [f for f in det.detect(im) if keep[name](f)]
+                boxes += len(found)
+                images += bool(found)
+                if name == BY_SCORE:
+                    raw = det.detect(im)
+                    for t in SCORES:
+                        by_score_fp[t] += sum(f.score >= t for f in raw)
+                if found and args.verbose:
+                    print(f"    {name}: {label}: " + ", ".join(f"{f.score:.2f}@{[round(v) for v in f.box]}" for f in found))
+            out["false_positives"][name] = {"images": len(free), "images_with_a_box": images, "boxes": boxes}
+            print(f"  face-free ({len(free)} images) {name:12s} boxes {boxes}, images with a box {images}", flush=True)
+        for t in SCORES:
+            out["yunet_by_score"][str(t)] = {"recall": by_score_hits[t] / by_score_total,
+                                             "false_positive_boxes": by_score_fp[t], "face_free_images": len(free)}
+            print(f"  {BY_SCORE} score >= {t}: recall {by_score_hits[t] / by_score_total:.3f} (all frames, sizes), "
+                  f"false boxes {by_score_fp[t]} on {len(free)} face-free images")
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="../shared/data/fer2013.npz")
@@ -152,19 +285,30 @@ def main(argv=None) -> int:
     ap.add_argument(
         "--small-faces", action="store_true", help="also sweep YuNet's enlargement and Haar's floor on 32-96 px faces"
     )
+    ap.add_argument("--compare", action="store_true",
+                    help="only Haar vs the bundled YuNet (recall on 640x480 and 1280x720, face-free images, ms)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="with --compare: list every false positive")
     args = ap.parse_args(argv)
-
 
     with np.load(args.data) as d:
         idx = np.flatnonzero(d["usage"] == 1)[: args.num]
         faces = d["images"][idx]
     models = Path(args.models)
+    if args.compare:
+        print(f"OpenCV {cv2.__version__}, {platform.processor() or platform.machine()}, {cv2.getNumberOfCPUs()} CPUs, "
+              f"OpenCV threads {cv2.getNumThreads()}; load average " + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+        results = compare(faces, models, args)
+        results["load_average_after"] = os.getloadavg()
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+            print(f"wrote {args.json}")
+        return 0
     detectors = {"haar": HaarDetector()}
     yunet = models / "face_detection_yunet_2023mar.onnx"
     ssd = models / "opencv_face_detector_uint8.pb"
     if yunet.is_file():
-        detectors["yunet"] = YuNetDetector(yunet)  # default min_face=48: frame enlarged 1.5x
-        detectors["yunet@1x"] = YuNetDetector(yunet, min_face=None)  # frame at its own scale
+        detectors["yunet"] = YuNetDetector(yunet)  # defaults: the network sees a 640-px copy
+        detectors["yunet@1x"] = YuNetDetector(yunet, input_size=None)  # frame at its own scale
     else:
         print(f"skipping YuNet: {yunet} not found")
     if ssd.is_file():

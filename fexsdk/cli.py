@@ -339,7 +339,7 @@ def _run_export_engine(args: argparse.Namespace) -> int:
 def _add_runtime(sub: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", help="model file (.onnx, .engine, .pt); default: the bundled model")
-    common.add_argument("--detector", help="haar (default), a YuNet .onnx path or an SSD .pb path")
+    common.add_argument("--detector", help="yunet (default: the YuNet model shipped in fexsdk), haar (OpenCV's cascade), a YuNet .onnx path or an SSD .pb path")
     common.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where the model runs: auto (a GPU when the backend has one), cpu or cuda")
     common.add_argument("--threads", type=_POSITIVE, help="CPU threads for the model (default: the CPUs, at most 4)")
@@ -347,10 +347,14 @@ def _add_runtime(sub: argparse._SubParsersAction) -> None:
     common.add_argument("--blend", choices=["residual", "replace"], default="residual",
                         help="residual: add the model's change to the face's luminance (default); replace: paste its output")
     a = sub.add_parser("apply", parents=[common], help="change the expression of every face in an image")
-    a.add_argument("input", help="image file (8-bit, 16-bit or float; gray, BGR or with alpha)")
+    a.add_argument("input", nargs="+",
+                   help="image file (8-bit, 16-bit or float; gray, BGR or with alpha; EXIF orientation applied), "
+                        "or several, a folder or a glob such as 'photos/*.jpg': then -o is a folder")
     a.add_argument("-e", "--emotion", required=True,
                    help="target emotion: name, alias or index 0-6; or intensities name=0.7,name=0.3 (each in [0, 1], sum <= 1)")
-    a.add_argument("-o", "--output", required=True, help="image file to write; its extension names the format (.png, .jpg)")
+    a.add_argument("-o", "--output", required=True,
+                   help="image file to write, its extension naming the format (.png, .jpg); for several inputs, a "
+                        "folder (created if missing) that gets one image per input, with the input's name")
     a.add_argument("--strength", type=_float_range(0, 2), default=1.0,
                    help="scales the change, 0-2 (0 = unchanged, 1 = the model's change; default 1)")
     a.set_defaults(func=_run_apply)
@@ -393,20 +397,77 @@ def _write(path: str, image) -> None:
         raise ValueError(f"OpenCV could not write {path} (disk full, or no permission?)")
 
 
-def _run_apply(args: argparse.Namespace) -> int:
-    from fexsdk.emotions import canonical_name, target_vector
+def _apply_jobs(inputs: Sequence[str], output: str) -> list[tuple[Path, Path]]:
+    """(input, output) pairs for ``fex apply``: one file to a file, or several/a folder/a glob to a folder."""
+    import glob
 
-    _check_image_input(args.input)
-    _check_image_output(args.output, [args.input])
+    import cv2
+
+    from fexsdk.images import expand_inputs, output_names
+
+    single = len(inputs) == 1 and not Path(inputs[0]).is_dir() and (Path(inputs[0]).exists() or not glob.has_magic(inputs[0]))
+    if single:
+        _check_image_input(inputs[0])
+        _check_image_output(output, inputs)
+        return [(Path(inputs[0]), Path(output))]
+    folder = Path(output)
+    what = f"{inputs[0]} is a folder, not an image file" if len(inputs) == 1 and Path(inputs[0]).is_dir() \
+        else f"{len(inputs)} inputs" if len(inputs) > 1 else f"{inputs[0]} is a pattern"
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{what}: to write one image per input, give -o an output folder ({output} is a file)")
+    if not folder.exists() and folder.suffix and cv2.haveImageWriter(str(folder)):
+        raise ValueError(f"{what}: to write one image per input, give -o an output folder, not an image name ({output})")
+    sources = expand_inputs(inputs)
+    jobs = list(zip(sources, output_names(sources, folder)))
+    for src, dst in jobs:
+        if dst.exists() and os.path.samefile(src, dst):
+            raise ValueError(f"output {dst} is the input image; writing it would replace your original: "
+                             "choose another output folder")
+    return jobs
+
+
+def _run_apply(args: argparse.Namespace) -> int:
+    import warnings
+
+    from tqdm import tqdm
+
+    from fexsdk.emotions import canonical_name, target_vector
+    from fexsdk.images import read_image
+    from fexsdk.transfer import to_uint8
+
+    jobs = _apply_jobs(args.input, args.output)
     target = parse_target(args.emotion)
     target_vector(target)  # a bad -e fails before the model is loaded
     tr = _transfer(args)
-    image, faces = tr.apply(args.input, target, seed=args.seed, strength=args.strength, return_faces=True)
-    _write(args.output, image)
     what = args.emotion if isinstance(target, dict) else canonical_name(target)
-    print(f"{len(faces)} face(s) changed to {what}; wrote {args.output}" if faces
-          else f"no face found in {args.input}; wrote it unchanged to {args.output}")
-    return 0
+    if len(jobs) > 1:
+        jobs[0][1].parent.mkdir(parents=True, exist_ok=True)
+    skipped, changed, faces_total = [], 0, 0
+    bar = tqdm(jobs, unit="image", disable=len(jobs) == 1, file=sys.stderr, dynamic_ncols=True)
+    for src, dst in bar:
+        bar.set_postfix_str(src.name, refresh=False)
+        try:
+            # A truncated file is not processed: its lower part would be grey.
+            image = to_uint8(read_image(src, truncated="error"), str(src))
+            image, faces = tr.apply(image, target, seed=args.seed, strength=args.strength, return_faces=True)
+        except (ValueError, FileNotFoundError) as exc:
+            if len(jobs) == 1:
+                raise  # one image: refused with an error (exit 2), as every bad input is
+            skipped.append(src)
+            tqdm.write(f"fex apply: warning: {exc}; skipped", file=sys.stderr)
+            continue
+        _write(str(dst), image)
+        changed += bool(faces)
+        faces_total += len(faces)
+        if len(jobs) == 1:
+            print(f"{len(faces)} face(s) changed to {what}; wrote {dst}" if faces
+                  else f"no face found in {src}; wrote it unchanged to {dst}")
+    bar.close()
+    if len(jobs) > 1:
+        done = len(jobs) - len(skipped)
+        print(f"{done} image(s) written to {args.output}: {faces_total} face(s) changed to {what} in {changed}, "
+              f"no face in {done - changed}" + (f"; {len(skipped)} skipped" if skipped else ""))
+    return 1 if skipped else 0
 
 
 def _run_grid(args: argparse.Namespace) -> int:
@@ -454,7 +515,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--headless", action="store_true", help="no window (with no --output: process and print statistics)")
     p.add_argument("--no-overlay", action="store_true", help="do not draw the emotion, FPS and timings on the frames")
     p.add_argument("--model", help="model file (.onnx, .engine, .pt); default: the bundled model")
-    p.add_argument("--detector", help="haar (default), a YuNet .onnx path or an SSD .pb path")
+    p.add_argument("--detector", help="yunet (default: the YuNet model shipped in fexsdk), haar (OpenCV's cascade), a YuNet .onnx path or an SSD .pb path")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where the model runs: auto (a GPU when the backend has one), cpu or cuda")
     p.add_argument("--threads", type=_POSITIVE, help="CPU threads for the model (default: the CPUs, at most 4)")
@@ -520,7 +581,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where each replica's model runs: auto (a GPU when the backend has one), cpu or cuda")
-    p.add_argument("--detector", help="haar (default), a YuNet .onnx path or an SSD .pb path")
+    p.add_argument("--detector", help="yunet (default: the YuNet model shipped in fexsdk), haar (OpenCV's cascade), a YuNet .onnx path or an SSD .pb path")
     p.add_argument("--threads", type=_POSITIVE, help="onnxruntime CPU threads per replica")
     p.add_argument("--num-cpus", type=_POSITIVE, help="CPUs Ray may use (default: all)")
     p.set_defaults(func=_run_serve)

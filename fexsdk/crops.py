@@ -33,8 +33,9 @@ __all__ = [
     "square_box",
 ]
 
-#: Measured for the default (Haar) detector: FER2013 crops are framed almost
-#: exactly like OpenCV's Haar frontal-face box. See docs/detectors.md.
+#: Used for a detector without ``crop_margin``/``crop_offset`` (and for plain boxes with no
+#: detector): FER2013 crops are framed almost exactly like OpenCV's Haar frontal-face box.
+#: See docs/detectors.md.
 DEFAULT_MARGIN = 0.0
 #: Vertical shift of the square's centre, as a fraction of its side (+ = down).
 DEFAULT_OFFSET = 0.0

@@ -4,16 +4,17 @@ Every detector takes an image in OpenCV's convention (BGR uint8 ``HxWx3``; gray
 ``HxW`` and BGRA ``HxWx4`` are accepted and converted internally) and returns a
 list of :class:`Face`, sorted by score, best first.
 
+- :class:`YuNetDetector` (the default): OpenCV's ``FaceDetectorYN`` with
+  ``face_detection_yunet_2023mar.onnx``, which ships inside the package
+  (``fexsdk/models/``, MIT licence beside it); fastest and most accurate, gives
+  five landmarks.
 - :class:`HaarDetector`: Viola-Jones cascade shipped with ``opencv-python``; needs
-  no model file, least accurate.
-- :class:`YuNetDetector`: OpenCV's ``FaceDetectorYN`` with
-  ``face_detection_yunet_2023mar.onnx``; fastest and most accurate, gives five
-  landmarks.
+  no model file, least accurate, many false positives on real photos.
 - :class:`SSDDetector`: the ResNet-10 SSD (``opencv_face_detector_uint8.pb`` and
   its ``.pbtxt``) through ``cv2.dnn``.
 
 :func:`make_detector` builds one from a short spec. Nothing here ever downloads
-anything: model files are paths the caller provides.
+anything: model files are the bundled YuNet or paths the caller provides.
 
 Each detector class carries ``crop_margin`` and ``crop_offset``: how to turn its
 box into a square that frames the face the way FER2013 crops do (see
@@ -35,6 +36,8 @@ from fexsdk.images import to_bgr, to_gray
 
 __all__ = [
     "DETECTOR_CHOICES",
+    "YUNET_FILE",
+    "bundled_yunet",
     "Face",
     "FaceDetector",
     "HaarDetector",
@@ -45,7 +48,8 @@ __all__ = [
 
 #: What :func:`make_detector` accepts, for error messages and docs.
 DETECTOR_CHOICES = (
-    "None or 'haar' (OpenCV's bundled Haar cascade, no file needed)",
+    "None or 'yunet' (the YuNet model that ships inside fexsdk, the default)",
+    "'haar' (OpenCV's bundled Haar cascade, no file needed)",
     "a path to a YuNet model ending in .onnx (e.g. face_detection_yunet_2023mar.onnx)",
     "a path to the ResNet-10 SSD ending in .pb (opencv_face_detector_uint8.pb, "
     "with opencv_face_detector.pbtxt beside it)",
@@ -56,13 +60,32 @@ DETECTOR_CHOICES = (
 # Haar: the smallest window scanned, in image pixels (a hard floor; the cascade's
 # box for a face is about the FER2013 square, so 32 lets 40-px faces through).
 _HAAR_MIN_FACE = 32
-# YuNet: the face side (px) from which it is reliable at its input scale; the
-# frame is resized by this / min_face before detection (docs/detectors.md:
-# recall is ~85% from 64-80 px up and falls to ~35% at 40 px without enlarging).
-_YUNET_RELIABLE_FACE = 72.0
-# YuNet's default min_face: the generator's own input size; 40-px faces are
-# still found ~3 times in 4 (docs/detectors.md).
-_YUNET_MIN_FACE = 48
+# YuNet: frames whose longer side is over this are shrunk to it before detection. Measured by
+# `benchmarks/detectors.py --compare` (README, "Face detectors"): on 1280x720 frames, 96-px faces are found
+# 78% of the time at 960 (57 ms), 48% at 640 (22 ms), 83% at full size (98 ms); 640x480 runs as it is.
+_YUNET_INPUT_SIZE = 960
+# YuNet: boxes whose longer side is under this many pixels of the original image are dropped: such
+# faces are far below the generator's 48x48 input, and most false positives are small.
+_YUNET_MIN_FACE = 40
+# YuNet: boxes scoring under this are dropped. On 85 face-free images (benchmarks/detectors.py --compare) it
+# gave 14 boxes at >= 0.5, 5 at >= 0.7, none at >= 0.8, for 3 points of recall on FER2013 faces (OpenCV's
+# sample uses 0.9, which halves recall on them). Real faces score about 0.85-0.95.
+_YUNET_SCORE = 0.8
+
+#: File name of the YuNet model shipped inside the package (fexsdk/models/, MIT, licence beside it).
+YUNET_FILE = "face_detection_yunet_2023mar.onnx"
+
+
+def bundled_yunet() -> Path:
+    """Path of the YuNet model that ships inside the installed package (found with importlib.resources)."""
+    from importlib import resources
+
+    res = resources.files("fexsdk") / "models" / YUNET_FILE
+    path = Path(str(res))
+    if not path.is_file():
+        raise FileNotFoundError(f"the bundled YuNet face detector is missing from the installation ({path}); "
+                                "reinstall fexsdk, or pass detector='haar'")
+    return path
 
 
 @dataclass(frozen=True)
@@ -201,16 +224,23 @@ class HaarDetector:
 
 
 class YuNetDetector:
-    """YuNet (``cv2.FaceDetectorYN``, OpenCV >= 4.8) from an ``.onnx`` file; gives landmarks.
+    """YuNet (``cv2.FaceDetectorYN``, OpenCV >= 4.8); gives five landmarks.
 
-    YuNet is fully convolutional and runs on the whole frame, but at the
-    frame's own scale it is reliable only for faces from about 72 px up. So the
-    frame is resized by ``72 / min_face`` before detection (boxes are mapped
-    back): the default ``min_face=48`` enlarges 1.5x, which finds faces down to
-    ~40 px and costs about 2-3x the time of the native scale. Pass a larger
-    ``min_face`` for speed when faces are big (``min_face=144`` halves the frame,
-    for a webcam user close to the camera), or ``None`` for the native scale.
-    ``max_side`` caps the longest side of the frame the network sees.
+    ``path=None`` uses the model that ships inside the package (:func:`bundled_yunet`).
+
+    The network does not need the whole frame: a frame whose longer side is over
+    ``input_size`` pixels is shrunk to that size first (boxes and landmarks are mapped
+    back), so a 12-Mpixel photo costs about what a 960x720 frame does; smaller frames
+    run at their own size (never enlarged). The price is the smallest face found, which
+    grows with the shrink: faces from about 70 px of the shrunk copy are reliable, so at
+    the default 960 a 1280x720 frame (shrunk 0.75x) finds 96-px faces about 4 times in 5
+    and 48-px ones rarely, and a 4000x3000 photo finds faces from about 300 px (the
+    README's "Face detectors" table). ``input_size=None`` always runs at the frame's own
+    size; a smaller ``input_size`` is faster and misses more small faces.
+
+    Faces are then left alone when they are unlikely or tiny: a box scoring under
+    ``score_threshold`` (0.8) or whose longer side is under ``min_face`` pixels of the
+    original image (40; the generator's input is 48x48) is dropped.
     """
 
     name = "yunet"
@@ -221,14 +251,14 @@ class YuNetDetector:
 
     def __init__(
         self,
-        path: str | os.PathLike,
-        score_threshold: float = 0.6,
+        path: str | os.PathLike | None = None,
+        score_threshold: float = _YUNET_SCORE,
         nms_threshold: float = 0.3,
         top_k: int = 5000,
         min_face: float | None = _YUNET_MIN_FACE,
-        max_side: int | None = None,
+        input_size: int | None = _YUNET_INPUT_SIZE,
     ) -> None:
-        path = Path(path)
+        path = bundled_yunet() if path is None else Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"YuNet model file not found: {path}")
         if not hasattr(cv2, "FaceDetectorYN"):
@@ -241,14 +271,14 @@ class YuNetDetector:
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
         self.top_k = int(top_k)
-        if min_face is not None and not min_face > 0:
-            raise ValueError(f"min_face must be > 0 or None, got {min_face}")
-        if max_side is not None and int(max_side) < 32:
-            raise ValueError(f"max_side must be >= 32 or None, got {max_side}")
-        self.min_face = None if min_face is None else float(min_face)
-        self.max_side = None if max_side is None else int(max_side)
+        if min_face is not None and not min_face >= 0:
+            raise ValueError(f"min_face must be >= 0 or None, got {min_face}")
+        if input_size is not None and int(input_size) < 32:
+            raise ValueError(f"input_size must be >= 32 or None, got {input_size}")
+        self.min_face = 0.0 if min_face is None else float(min_face)
+        self.input_size = None if input_size is None else int(input_size)
         not_yunet = (f"{path} is not a YuNet face detector (OpenCV could not run it as one); pass "
-                     "face_detection_yunet_2023mar.onnx, an SSD .pb, or 'haar'")
+                     "face_detection_yunet_2023mar.onnx, 'yunet', an SSD .pb, or 'haar'")
         log = getattr(getattr(cv2, "utils", None), "logging", None)
         level = log.getLogLevel() if log is not None else None
         try:
@@ -270,9 +300,7 @@ class YuNetDetector:
     def detect(self, image: np.ndarray) -> list[Face]:
         bgr = to_bgr(image)
         h, w = bgr.shape[:2]
-        scale = 1.0 if self.min_face is None else _YUNET_RELIABLE_FACE / self.min_face
-        if self.max_side is not None and max(h, w) * scale > self.max_side:
-            scale = self.max_side / max(h, w)
+        scale = 1.0 if self.input_size is None else min(1.0, self.input_size / max(h, w))
         if abs(scale - 1.0) > 1e-3:
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             interp = cv2.INTER_LINEAR if scale > 1.0 else cv2.INTER_AREA
@@ -289,9 +317,13 @@ class YuNetDetector:
         if rows is None:
             return faces
         for r in np.asarray(rows, dtype=np.float32).reshape(-1, 15):
+            if r[14] < self.score_threshold:
+                continue
             r = r.copy()
             r[0:14:2] /= scale_x
             r[1:14:2] /= scale_y
+            if max(r[2], r[3]) < self.min_face:
+                continue
             box = _clip_box(r[0], r[1], r[0] + r[2], r[1] + r[3], w, h)
             if box is not None:
                 faces.append(Face(box, float(r[14]), r[4:14].reshape(5, 2).copy()))
@@ -300,7 +332,7 @@ class YuNetDetector:
     def __repr__(self) -> str:
         return (
             f"YuNetDetector({str(self.path)!r}, score_threshold={self.score_threshold}, "
-            f"min_face={self.min_face}, max_side={self.max_side})"
+            f"min_face={self.min_face:g}, input_size={self.input_size})"
         )
 
 
@@ -366,8 +398,9 @@ class SSDDetector:
 def make_detector(spec: str | os.PathLike | FaceDetector | None = None) -> FaceDetector:
     """Build a face detector from a short spec.
 
-    - ``None`` or ``"haar"``: :class:`HaarDetector` (no file needed);
-    - a path ending in ``.onnx``: :class:`YuNetDetector`;
+    - ``None`` or ``"yunet"``: :class:`YuNetDetector` with the model shipped inside the package;
+    - ``"haar"``: :class:`HaarDetector` (OpenCV's cascade, no file needed);
+    - a path ending in ``.onnx``: :class:`YuNetDetector` with that file;
     - a path ending in ``.pb``: :class:`SSDDetector` (``opencv_face_detector.pbtxt``
       is looked for beside it);
     - a path ending in ``.xml``: :class:`HaarDetector` with that cascade;
@@ -377,7 +410,7 @@ def make_detector(spec: str | os.PathLike | FaceDetector | None = None) -> FaceD
     not exist raises ``FileNotFoundError`` naming it. Nothing is downloaded.
     """
     if spec is None:
-        return HaarDetector()
+        return YuNetDetector()
     if not isinstance(spec, (str, os.PathLike)):
         if callable(getattr(spec, "detect", None)):
             return spec  # type: ignore[return-value]
@@ -387,6 +420,8 @@ def make_detector(spec: str | os.PathLike | FaceDetector | None = None) -> FaceD
         text = os.fsdecode(text)
     if isinstance(spec, str) and text.strip().lower() == "haar":
         return HaarDetector()
+    if isinstance(spec, str) and text.strip().lower() == "yunet":
+        return YuNetDetector()
     suffix = Path(text).suffix.lower()
     if suffix not in (".onnx", ".pb", ".xml"):
         raise ValueError(_choices_message(spec))

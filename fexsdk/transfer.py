@@ -16,7 +16,7 @@ from fexsdk.backends import Backend, check_threads, load_backend
 from fexsdk.crops import CropBox, crop_box_for, extract_crops
 from fexsdk.emotions import Target, check_target, target_matrix
 from fexsdk.faces import Face, FaceDetector, make_detector
-from fexsdk.images import check_image
+from fexsdk.images import check_image, read_image
 from fexsdk.noise import draw_noise
 from fexsdk.paste import BLEND_MODES, MAX_STRENGTH, paste_back
 
@@ -44,19 +44,13 @@ class TransferResult:
 
 
 def load_image(image: Union[np.ndarray, str, os.PathLike]) -> np.ndarray:
-    """Check an image argument (or read a path) and return it unchanged: uint8 HxW, HxWx3 (BGR) or HxWx4 (BGRA)."""
-    if isinstance(image, (str, os.PathLike)):
-        import cv2
+    """Check an image argument (or read a path) and return it unchanged: uint8 HxW, HxWx3 (BGR) or HxWx4 (BGRA).
 
-        path = Path(image)
-        if path.is_dir():
-            raise ValueError(f"{path} is a folder, not an image file")
-        if not path.is_file():
-            raise FileNotFoundError(f"image file not found: {path}")
-        loaded = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if loaded is None:
-            raise ValueError(f"{path} is not an image OpenCV can read")
-        image = to_uint8(loaded, str(path))
+    A path is read upright (its EXIF orientation applied) with alpha kept; a truncated JPEG or PNG
+    warns with :class:`fexsdk.images.TruncatedImageWarning`."""
+    if isinstance(image, (str, os.PathLike)):
+        # Upright (EXIF orientation applied), alpha kept; a truncated file warns (fexsdk.images.read_image).
+        image = to_uint8(read_image(image), str(image))
     if image is not None and not isinstance(image, np.ndarray):
         raise ValueError(f"image must be a numpy array or a path, got {type(image).__name__}")
     check_image(image)
@@ -133,7 +127,8 @@ class Transfer:
     Args:
         model: ``.onnx``, ``.engine``/``.plan`` or a training checkpoint; None uses the bundled default model.
         device: "auto" (GPU when the backend has one), "cpu" or "cuda".
-        detector: "haar" (default, needs no file), a YuNet ``.onnx`` path, an SSD ``.pb`` path, or a detector object.
+        detector: "yunet" (the default, None: the YuNet model shipped in the package), "haar" (OpenCV's cascade),
+            a YuNet ``.onnx`` path, an SSD ``.pb`` path, or a detector object.
         blend: "residual" (default: add the generator's change to the luminance) or "replace" (paste its output).
         threads: CPU threads for onnxruntime (None: the usable CPUs, at most 4). Idle threads sleep (no spinning).
         smooth: filter the generator's change before pasting it back, removing the checkerboard
@@ -280,7 +275,7 @@ class Transfer:
             target: an emotion name or alias ("surprise", "joy"), an index, a dict of intensities
                 ({"happy": 0.7}), or a list with one of those per face.
             faces: (x, y, w, h) boxes or Face objects to use instead of running the detector; they are
-                framed like the configured detector's boxes (Haar's, the default, need no margin).
+                framed like the configured detector's boxes (YuNet's, the default's: see fexsdk.crops).
             seed: fixes the test-time dropout noise (same seed, same output): an int gives face i the
                 stream (seed, i), a list gives face i its own seed; None draws new noise each call.
             strength: scales the change, in [0, 2] (0 = unchanged, 1 = the model's change).

@@ -61,10 +61,10 @@ def detector(request) -> FaceDetector:
         if name == "haar":
             _CACHE[name] = HaarDetector()
         else:
-            models = request.getfixturevalue("shared_models")
             if name == "yunet":
-                _CACHE[name] = YuNetDetector(models / "face_detection_yunet_2023mar.onnx")
+                _CACHE[name] = YuNetDetector()  # the bundled model, default settings
             else:
+                models = request.getfixturevalue("shared_models")
                 _CACHE[name] = SSDDetector(models / "opencv_face_detector_uint8.pb")
     return _CACHE[name]
 
@@ -164,24 +164,45 @@ def test_bad_image_raises(detector):
         detector.detect([[0, 1], [2, 3]])
 
 
-def test_yunet_min_face_finds_small_faces(fer_sample, shared_models):
-    """The default min_face (1.5x enlargement) finds 48-px faces that the native scale misses."""
-    images, _ = fer_sample
-    rng = np.random.default_rng(7)
-    placed = [place_face(f, 48, rng, frame=(320, 240)) for f in images[:N_FACES]]
-    path = shared_models / "face_detection_yunet_2023mar.onnx"
-    hits = {}
-    for name, det in {"default": YuNetDetector(path), "native": YuNetDetector(path, min_face=None)}.items():
-        hits[name] = sum(best_match(det.detect(fr), (x, y, s, s))[0] > 0.5 for fr, (x, y, s) in placed)
-    assert hits["default"] > N_FACES // 2
-    assert hits["default"] >= hits["native"]
-
-
-def test_yunet_max_side_maps_boxes_back(placed, shared_models):
+def test_yunet_sees_a_downscaled_copy(placed):
+    """A frame larger than input_size is shrunk for the network: the same scene at 2x gives the same boxes x2."""
     frames, gts, _ = placed
-    det = YuNetDetector(shared_models / "face_detection_yunet_2023mar.onnx", max_side=200)
+    det = YuNetDetector(input_size=FRAME[0])
+    frame, gt = next((f, gt) for f, gt in zip(frames, gts) if best_match(det.detect(f), gt)[0] > 0.5)
+    small = det.detect(frame)
+    big = det.detect(cv2.resize(frame, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC))
+    assert len(big) == len(small)
+    for a, b in zip(small, big):
+        assert box_iou(a.box, tuple(v / 2 for v in b.box)) > 0.9
+    # a frame smaller than input_size is not enlarged: the same result as at its own scale
+    native = YuNetDetector(input_size=None).detect(frame)
+    assert [f.box for f in YuNetDetector(input_size=4 * FRAME[0]).detect(frame)] == [f.box for f in native]
+
+
+def test_yunet_input_size_maps_boxes_back(placed):
+    frames, gts, _ = placed
+    det = YuNetDetector(input_size=200)
     hits = sum(best_match(det.detect(f), gt)[0] > 0.5 for f, gt in zip(frames[:10], gts[:10]))
     assert hits >= 5
+
+
+def test_yunet_leaves_small_and_unlikely_faces_alone(placed):
+    frames, gts, _ = placed
+    frame, gt = next((f, gt) for f, gt in zip(frames, gts) if YuNetDetector().detect(f))
+    face = YuNetDetector().detect(frame)[0]
+    assert face.score >= 0.8 and max(face.box[2:]) >= 40
+    # the same face is dropped when it is under min_face, or scores under the threshold
+    assert YuNetDetector(min_face=max(face.box[2:]) + 1).detect(frame) == []
+    assert YuNetDetector(score_threshold=min(1.0, face.score + 0.01)).detect(frame) == [] or face.score > 0.99
+    # shrunk to a 24-px face in a 640x480 frame it is left alone by the default min_face (40 px)
+    small = cv2.resize(frame, None, fx=0.15, fy=0.15, interpolation=cv2.INTER_AREA)
+    canvas = np.full((480, 640, 3), 128, np.uint8)
+    canvas[: small.shape[0], : small.shape[1]] = small
+    assert all(max(f.box[2:]) >= 40 for f in YuNetDetector().detect(canvas))
+    with pytest.raises(ValueError, match="min_face"):
+        YuNetDetector(min_face=-1)
+    with pytest.raises(ValueError, match="input_size"):
+        YuNetDetector(input_size=8)
 
 
 def test_face_dataclass():
@@ -197,9 +218,39 @@ def test_face_dataclass():
 # --------------------------------------------------------------------------- make_detector
 
 
+def test_make_detector_default_is_the_bundled_yunet():
+    from importlib import resources
+
+    bundled = resources.files("fexsdk") / "models" / faces_mod.YUNET_FILE
+    assert bundled.is_file()
+    for det in (make_detector(), make_detector(None), make_detector("yunet"), make_detector("YuNet")):
+        assert isinstance(det, YuNetDetector) and det.name == "yunet"
+        assert det.path == Path(str(bundled)) == faces_mod.bundled_yunet()
+        assert det.input_size == 960 and det.min_face == 40 and det.score_threshold == 0.8
+
+
+def test_bundled_yunet_is_the_published_file_with_its_licence():
+    import hashlib
+
+    path = faces_mod.bundled_yunet()
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == (
+        "8f2383e4dd3cfbb4553ea8718107fc0423210dc964f9f4280604804ed2552fa4")
+    licence = path.with_name("face_detection_yunet_2023mar.LICENSE").read_text()
+    assert "MIT License" in licence and "Copyright (c) 2020 Shiqi Yu" in licence
+
+
+def test_bundled_yunet_is_package_data():
+    """pyproject's package-data patterns take the model and its licence into wheels and installs."""
+    import fnmatch
+
+    tomllib = pytest.importorskip("tomllib")
+    conf = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    patterns = conf["tool"]["setuptools"]["package-data"]["fexsdk"]
+    for name in ("models/face_detection_yunet_2023mar.onnx", "models/face_detection_yunet_2023mar.LICENSE"):
+        assert any(fnmatch.fnmatch(name, p) for p in patterns), name
+
+
 def test_make_detector_haar_choices():
-    assert isinstance(make_detector(), HaarDetector)
-    assert isinstance(make_detector(None), HaarDetector)
     assert isinstance(make_detector("haar"), HaarDetector)
     assert isinstance(make_detector("HAAR"), HaarDetector)
     xml = Path(cv2.data.haarcascades) / "haarcascade_frontalface_alt2.xml"
@@ -227,7 +278,7 @@ def test_make_detector_passes_custom_detector_through():
     assert make_detector(d) is d
 
 
-@pytest.mark.parametrize("spec", ["yunet", "ssd", "face.tflite", "model.pt", 42, object()])
+@pytest.mark.parametrize("spec", ["yunet2", "ssd", "face.tflite", "model.pt", 42, object()])
 def test_make_detector_unknown_lists_choices(spec):
     with pytest.raises(ValueError) as err:
         make_detector(spec)
@@ -433,3 +484,64 @@ def test_default_crop_framing_reproduces_fer_crops(detector, placed):
             out.append(np.abs(crop - face).mean())
     assert len(errs) > N_FACES // 2
     assert np.mean(errs) < 0.85 * np.mean(loose)
+
+
+# --------------------------------------------------------------------------- the default detector on real images
+
+
+def _textures() -> list[np.ndarray]:
+    """Face-free textured images: drawn shapes on blurred noise, and scikit-image's textures where installed."""
+    rng = np.random.default_rng(3)
+    drawn = cv2.GaussianBlur(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), (0, 0), 2)
+    for _ in range(60):
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        x, y = (int(v) for v in rng.integers(0, 600, 2))
+        if rng.random() < 0.5:
+            cv2.circle(drawn, (x, y % 480), int(rng.integers(5, 60)), colour, -1)
+        else:
+            cv2.line(drawn, (x, y % 480), (int(rng.integers(0, 640)), int(rng.integers(0, 480))), colour, 3)
+    out = [drawn]
+    try:
+        import skimage.data
+    except ImportError:
+        return out
+    # Not "text": stretched to 1280x720 it gets one frame-sized box scoring 0.84 (the README's table counts it).
+    for name in ("brick", "grass", "gravel", "coffee", "rocket"):
+        im = np.asarray(getattr(skimage.data, name)())
+        im = cv2.cvtColor(im, cv2.COLOR_GRAY2BGR) if im.ndim == 2 else cv2.cvtColor(im, cv2.COLOR_RGB2BGR)
+        out.append(im)
+        out.append(cv2.resize(im, (1280, 720), interpolation=cv2.INTER_CUBIC))
+    return out
+
+
+def test_default_detector_finds_no_face_in_textures():
+    det = make_detector()
+    for im in _textures():
+        assert det.detect(im) == [], im.shape
+
+
+def test_default_detector_finds_a_real_face():
+    """The astronaut photo (scikit-image), or, without scikit-image, FER2013 faces placed large on a photo."""
+    det = make_detector()
+    try:
+        import skimage.data
+    except ImportError:
+        skimage = None
+    if skimage is not None:
+        photo = cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)  # 512x512, her face near (225, 120)
+        found = det.detect(photo)
+        assert len(found) == 1
+        assert box_iou(found[0].box, (180, 65, 90, 110)) > 0.6, found[0].box
+        big = cv2.resize(photo, (2048, 2048), interpolation=cv2.INTER_CUBIC)  # same face, 4x: same box scaled
+        found4 = det.detect(big)
+        assert len(found4) == 1 and box_iou(tuple(v / 4 for v in found4[0].box), found[0].box) > 0.8
+    else:
+        from tests.conftest import FER_NPZ, face_scene
+
+        if not FER_NPZ.is_file():
+            pytest.skip("needs scikit-image or ../shared/data/fer2013.npz")
+        with np.load(FER_NPZ) as d:
+            faces = d["images"][np.flatnonzero(d["usage"] == 1)[:3]]
+        scene, boxes = face_scene(faces)
+        found = det.detect(scene)
+        assert sum(best_match(found, b)[0] > 0.5 for b in boxes) >= 2
