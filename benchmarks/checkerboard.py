@@ -24,15 +24,16 @@ except ImportError:  # running from a checkout without installing
 
 from fexsdk.backends import load_backend
 from fexsdk.emotions import NUM_EMOTIONS
-from fexsdk.noise import draw_noise
-from training.spectrum import period2_share
+from fexsdk.metadata import PIXEL_SCALE, normalize
+from fexsdk.noise import noise_for
+from fexsdk.training.spectrum import period2_share
 
 
 def faces(data: str, count: int) -> np.ndarray:
     """PublicTest faces (N, 1, 48, 48) in [-1, 1]."""
     d = np.load(data)
     imgs = d["images"][d["usage"] == 1][:count]
-    return (imgs[:, None].astype(np.float32) / 127.5 - 1.0)
+    return normalize(imgs[:, None].astype(np.float32))
 
 
 def change_share(model: str, x: np.ndarray, seed: int = 0) -> tuple[float, float]:
@@ -42,10 +43,10 @@ def change_share(model: str, x: np.ndarray, seed: int = 0) -> tuple[float, float
     targets = rng.integers(0, NUM_EMOTIONS, len(x))
     labels = backend.meta.label_for(np.eye(NUM_EMOTIONS, dtype=np.float32)[targets])
     out = np.concatenate([backend.run(x[i : i + 256], labels[i : i + 256],
-                                      draw_noise(backend.meta, len(x[i : i + 256]), seed=seed + i))
+                                      noise_for(backend.meta, seed, range(i, i + len(x[i : i + 256]))))
                           for i in range(0, len(x), 256)])
     change = out - x
-    return period2_share(change), float(np.abs(change).mean() * 127.5)
+    return period2_share(change), float(np.abs(change).mean() * PIXEL_SCALE)
 
 
 def main() -> int:
@@ -73,7 +74,7 @@ def upsampling(model: str) -> str:
 
         ops = {n.op_type for n in onnx.load(model).graph.node}
         return "transpose" if "ConvTranspose" in ops else "resize" if "Resize" in ops else "?"
-    from training.checkpoint import generator_config, load_checkpoint
+    from fexsdk.training.checkpoint import generator_config, load_checkpoint
 
     return generator_config(load_checkpoint(model))["upsample"]
 

@@ -130,7 +130,7 @@ def main(argv=None) -> int:
             print("no face was detected in any clip", file=sys.stderr)
             return 1
         print(f"  {'noise':31s} {'flicker':>8s} {'max':>8s} {'change':>8s} {'ms/frame':>9s}   (mean |diff| in the face box, 0-255)")
-        for name, label in (("fixed", f"fixed per track (seed {args.seed}+id)"), ("fresh", "fresh every frame (seed=None)")):
+        for name, label in (("fixed", f"fixed per track (seed {args.seed}, track id)"), ("fresh", "fresh every frame (seed=None)")):
             rs = rows[name]
             print(f"  {label:31s} {np.mean([r['flicker'] for r in rs]):8.3f} {max(r['flicker_max'] for r in rs):8.3f} "
                   f"{np.mean([r['change'] for r in rs]):8.3f} {np.mean([r['ms_per_frame'] for r in rs]):9.1f}")

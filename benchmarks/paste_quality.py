@@ -30,8 +30,8 @@ except ImportError:  # running from a checkout without installing
 
 from fexsdk.crops import CropBox
 from fexsdk.emotions import EMOTIONS, NUM_EMOTIONS
-from fexsdk.metadata import read_onnx_metadata
-from fexsdk.noise import draw_noise
+from fexsdk.metadata import normalize, read_metadata
+from fexsdk.noise import noise_for
 from fexsdk.paste import paste_back
 from fexsdk.warp_paste import paste_warp
 
@@ -54,36 +54,34 @@ def cut(img: np.ndarray, box: CropBox) -> np.ndarray:
     return cv2.resize(region, (48, 48), interpolation=cv2.INTER_AREA)
 
 
-def run_model(sess, meta, x: np.ndarray, target: int, seed: int) -> dict[str, np.ndarray]:
+def run_model(sess, meta, x: np.ndarray, target: int, face: int) -> dict[str, np.ndarray]:
+    """The model on crops ``x`` of faces ``face``, ``face + 1``, ... with seed 0 (fexsdk.noise.noise_for)."""
     labels = meta.label_for(np.eye(NUM_EMOTIONS, dtype=np.float32)[np.full(len(x), target)])
-    feeds = {"image": x, "label": labels}
-    noise = draw_noise(meta, len(x), seed=seed)
-    if noise is not None:
-        feeds["noise"] = noise
+    feeds = meta.feeds(x, labels, noise_for(meta, 0, range(face, face + len(x))))
     return dict(zip(meta.outputs, sess.run(meta.outputs, feeds)))
 
 
 def measure(model: str, faces: np.ndarray, side: int, classify) -> dict[str, float]:
     import onnxruntime as ort
 
-    meta = read_onnx_metadata(model)
+    meta = read_metadata(model)
     sess = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     raw_hits = pasted_hits = total = 0
     sharp, shade = [], []
     sigma = side / 24
     for i, face in enumerate(faces):
         img, box = scene(face, side, seed=i)
-        x = (cut(img, box)[None, None].astype(np.float32) / 127.5) - 1.0
+        x = meta.to_model(cut(img, box)[None, None])
         lum0 = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)[box.y : box.y2, box.x : box.x2].astype(np.float32)
         lap0 = cv2.Laplacian(lum0, cv2.CV_32F).var()
         raws, cuts = [], []
         for k in range(NUM_EMOTIONS):
-            out = run_model(sess, meta, x, k, seed=i)
+            out = run_model(sess, meta, x, k, face=i)
             if meta.is_warp:
-                new = paste_warp(img, [box], out["flow"], out["residual"])
+                new = paste_warp(img, [box], out["flow"], out["residual"], scale=meta.pixel_scale)
             else:
-                new = paste_back(img, [box], x, out["output"])
-            raws.append(np.clip((out["output"][0, 0] + 1) * 127.5, 0, 255).astype(np.uint8))
+                new = paste_back(img, [box], x, out["output"], scale=meta.pixel_scale, offset=meta.pixel_offset)
+            raws.append(meta.to_pixels(out["output"][0, 0]))
             cuts.append(cut(new, box))
             lum = cv2.cvtColor(new, cv2.COLOR_BGR2GRAY)[box.y : box.y2, box.x : box.x2].astype(np.float32)
             sharp.append(cv2.Laplacian(lum, cv2.CV_32F).var() / lap0)
@@ -111,19 +109,19 @@ def main() -> int:
 
     import torch
 
-    from training.classifier import load_classifier, predict
+    from fexsdk.training.classifier import load_classifier, predict
 
     clf = load_classifier(a.classifier)
 
     def classify(u8: np.ndarray) -> np.ndarray:
-        return predict(clf, torch.from_numpy(u8[:, None].astype(np.float32) / 127.5 - 1.0)).argmax(1)
+        return predict(clf, normalize(torch.from_numpy(u8[:, None].astype(np.float32)))).argmax(1)
 
     d = np.load(a.data)
     imgs, labels = d["images"][d["usage"] == 1], d["labels"][d["usage"] == 1]
     per = max(1, a.count // len(EMOTIONS))
     idx = np.concatenate([np.flatnonzero(labels == k)[:per] for k in range(len(EMOTIONS))])
     faces = imgs[idx]
-    print(f"{len(faces)} PublicTest faces at {a.side} px on a colour frame, 7 targets each, noise seed = face index\n")
+    print(f"{len(faces)} PublicTest faces at {a.side} px on a colour frame, 7 targets each, noise: seed 0, face id = face index\n")
     print("| model | paste-back | raw 48x48 accuracy % | after paste-back % | survives | sharpness | low-freq shading (grey levels) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for m in a.models:

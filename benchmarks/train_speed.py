@@ -16,8 +16,8 @@ import time
 
 import torch
 
-from training.presets import list_presets
-from training.trainer import TrainConfig, Trainer
+from fexsdk.training.presets import list_presets
+from fexsdk.training.trainer import TrainConfig, Trainer
 
 
 def measure(preset: str, precision: str, threads: int, steps: int, batch: int) -> float:

@@ -1,6 +1,6 @@
 """Package a trained generator as the model that ships inside fexsdk.
 
-    python -m export.bundle runs/NAME/last.pt [--eval runs/eval/NAME] [--command "how it was trained"]
+    python -m fexsdk.export.bundle runs/NAME/last.pt [--eval runs/eval/NAME] [--command "how it was trained"]
         [--grid-data ../shared/data/fer2013.npz --grid docs/grid-default.png]
 
 Exports FP32 ONNX (with parity check) to ``fexsdk/models/default.onnx`` and writes
@@ -15,12 +15,34 @@ import argparse
 import json
 from pathlib import Path
 
-from export.onnx_export import export_onnx
+from fexsdk.export.onnx_export import export_onnx
 from fexsdk.emotions import EMOTIONS
+from fexsdk.metadata import ModelMetadata
+from fexsdk.grid import EMOTION_COLUMNS, image_grid
 from fexsdk.transfer import DEFAULT_MODEL, Transfer
-from training.checkpoint import load_checkpoint
+from fexsdk.training.checkpoint import load_checkpoint
 
 MAX_BYTES = 20 * 1024 * 1024
+
+
+def model_card(meta: ModelMetadata, ckpt: dict, command: str = "", parity: float = float("nan"),
+               size_bytes: int = 0) -> dict:
+    """The bundled model's card: the metadata written into the ONNX file (the same object, under
+    ``metadata``), plus how it was trained, which the file does not hold."""
+    tc = ckpt.get("train_config", {})
+    return {
+        "model": DEFAULT_MODEL.name,
+        "preset": meta.preset,
+        "metadata": json.loads(meta.to_json()),
+        "data": {"train": f"{tc.get('data') or 'synthetic'} (Training split)", "domains": meta.domains},
+        "steps": meta.training_step,
+        "epochs": round(float(ckpt.get("epoch", 0.0)), 3),
+        "batch_size": tc.get("batch_size"),
+        "train_precision": tc.get("precision"),
+        "train_command": command,
+        "onnx_parity_max_abs_diff": parity,
+        "size_bytes": size_bytes,
+    }
 
 
 def bundle(checkpoint: str, eval_dir: str | None = None, command: str = "") -> Path:
@@ -29,21 +51,7 @@ def bundle(checkpoint: str, eval_dir: str | None = None, command: str = "") -> P
     if report.size_bytes > MAX_BYTES:
         DEFAULT_MODEL.unlink()
         raise ValueError(f"model is {report.size_bytes / 1e6:.1f} MB; the bundled model must stay under 20 MB")
-    tc = ckpt.get("train_config", {})
-    card = {
-        "model": DEFAULT_MODEL.name,
-        "preset": ckpt.get("preset"),
-        "generator_config": ckpt["generator_config"],
-        "data": {"train": f"{tc.get('data') or 'synthetic'} (Training split)", "domains": ckpt.get("domains")},
-        "steps": int(ckpt["step"]),
-        "epochs": round(float(ckpt.get("epoch", 0.0)), 3),
-        "batch_size": tc.get("batch_size"),
-        "precision": tc.get("precision"),
-        "training_commit": ckpt.get("commit", ""),
-        "train_command": command,
-        "onnx_parity_max_abs_diff": report.max_abs_diff,
-        "size_bytes": report.size_bytes,
-    }
+    card = model_card(report.metadata, ckpt, command, report.max_abs_diff, report.size_bytes)
     if eval_dir:
         card["evaluation"] = json.loads((Path(eval_dir) / "results.json").read_text())
     DEFAULT_MODEL.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
@@ -56,22 +64,17 @@ def draw_grid(model: str | Path, data: str, out: str | Path, per_class: int = 2,
     import cv2
     import numpy as np
 
-    from training.data import load_dataset
+    from fexsdk.training.data import load_dataset
 
     test = load_dataset(data, "public")
     rows = np.concatenate([np.flatnonzero(test.labels == k)[:per_class] for k in range(len(EMOTIONS))])
     faces = test.images[rows, 0]
     tr = Transfer(str(model), device="cpu")
     cols = [faces] + [tr.generate(faces, emotion, seed=seed) for emotion in EMOTIONS]
-    grid = np.concatenate([np.concatenate(list(col), axis=0) for col in cols], axis=1)
-    grid = cv2.resize(grid, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-    cell = faces.shape[-1] * scale
-    header = np.full((22, grid.shape[1]), 255, np.uint8)
-    for j, name in enumerate(["input", *EMOTIONS]):
-        cv2.putText(header, name, (j * cell + 4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.4, 0, 1, cv2.LINE_AA)
+    grid = image_grid(cols, EMOTION_COLUMNS, scale=scale)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out), np.concatenate([header, grid], axis=0))
+    cv2.imwrite(str(out), grid)
     return out
 
 

@@ -17,9 +17,10 @@ import torch
 
 from fexsdk.emotions import EMOTIONS
 from fexsdk.metadata import ONNX_KEY, ModelMetadata, NoiseSite, read_onnx_metadata  # noqa: F401 (re-exported)
-from fexsdk.noise import draw_noise
-from training.checkpoint import generator_from_checkpoint, load_checkpoint
-from training.models import Generator
+from fexsdk.noise import noise_for
+from fexsdk.training.checkpoint import (generator_from_checkpoint, load_checkpoint, metadata_for,  # noqa: F401
+                                        metadata_from_checkpoint)
+from fexsdk.training.models import Generator
 
 #: Opset 17: InstanceNormalization and everything else the generator uses, and accepted by TensorRT 10.
 DEFAULT_OPSET = 17
@@ -58,33 +59,15 @@ class _Graph(torch.nn.Module):
         return self.G(*args).float()
 
 
-def metadata_for(G: Generator, ckpt: dict, precision: str = "fp32") -> ModelMetadata:
-    """Build the runtime metadata from a generator and its checkpoint."""
-    cfg = G.config
-    return ModelMetadata(
-        emotions=list(ckpt.get("emotions", EMOTIONS)),
-        image_size=cfg.image_size,
-        channels=cfg.in_channels,
-        preset=str(ckpt.get("preset", "")),
-        dropout_p=cfg.dropout_p if G.dropout_sites() else 0.0,
-        noise_sites=[NoiseSite(m.name, tuple(m.shape)) for m in G.dropout_sites()],
-        domains=list(ckpt.get("domains", ["fer2013"])),
-        label_dim=cfg.label_dim,
-        training_commit=str(ckpt.get("commit", "")),
-        training_step=int(ckpt.get("step", 0)),
-        precision=precision,
-        outputs=["output", "flow", "residual", "mask"] if cfg.output == "warp" else ["output"],
-    )
-
-
 def sample_inputs(meta: ModelMetadata, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs for the graph: images in [-1, 1], one-hot labels, seeded noise."""
+    """Random inputs for the graph: images in [-1, 1], one-hot labels, and the noise faces 0..batch-1 get
+    with ``seed`` (:func:`fexsdk.noise.noise_for`, the runtime's policy)."""
     rng = np.random.default_rng(seed)
     feeds = {
         "image": rng.uniform(-1, 1, (batch, meta.channels, meta.image_size, meta.image_size)).astype(np.float32),
         "label": meta.label_for(np.eye(len(meta.emotions), dtype=np.float32)[rng.integers(0, len(meta.emotions), batch)]),
     }
-    noise = draw_noise(meta, batch, seed=seed)
+    noise = noise_for(meta, seed, range(batch))
     if noise is not None:
         feeds["noise"] = noise
     return feeds
@@ -98,7 +81,7 @@ def export_onnx(checkpoint: str | os.PathLike, output: str | os.PathLike, opset:
     ckpt = load_checkpoint(checkpoint)
     G = generator_from_checkpoint(ckpt).eval()
     reference = generator_from_checkpoint(ckpt).eval()  # stays float32 for the parity check
-    meta = metadata_for(G, ckpt, "fp16" if fp16 else "fp32")
+    meta = metadata_from_checkpoint(ckpt, "fp16" if fp16 else "fp32")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
 

@@ -4,15 +4,21 @@ Importing the package needs only numpy (and OpenCV/onnxruntime for the runtime);
 PyTorch is needed for training and export only.
 """
 
+from pathlib import Path as _Path
+
+from fexsdk import _layers
 from fexsdk._version import __version__
 from fexsdk.emotions import ALIASES, EMOTIONS, canonical_name, emotion_index
 
-__all__ = ["ALIASES", "EMOTIONS", "Transfer", "TransferResult", "__version__", "canonical_name", "emotion_index"]
+__all__ = ["ALIASES", "EMOTIONS", "FaceRecord", "Transfer", "TransferResult", "__version__", "canonical_name",
+           "emotion_index"]
+
+_layers.install(_Path(__file__).resolve().parent)
 
 
 def __getattr__(name: str):
     # Transfer pulls in OpenCV and onnxruntime; load it on first use so `import fexsdk` stays light.
-    if name in ("Transfer", "TransferResult"):
+    if name in ("FaceRecord", "Transfer", "TransferResult"):
         from fexsdk import transfer
 
         return getattr(transfer, name)

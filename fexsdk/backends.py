@@ -1,9 +1,12 @@
 """Inference backends, picked from the model file's suffix (like ultralytics' AutoBackend).
 
 ``.onnx`` -> onnxruntime (CUDA, then CPU); ``.engine``/``.plan`` -> TensorRT or
-TensorRT for RTX; ``.pt``/``.pth``/``.ckpt`` -> PyTorch (training checkpoints,
-needs the [train] extra). Every backend reads :class:`ModelMetadata` from the
-file and runs ``(image, label[, noise]) -> output`` on float32 numpy arrays.
+TensorRT for RTX; other suffixes -> the formats registered through :mod:`fexsdk.plugins`
+(``fexsdk.training`` registers ``.pt``/``.pth``/``.ckpt`` checkpoints run by PyTorch, which
+needs the [train] extra). Every backend reads :class:`ModelMetadata` from the file and runs
+``(image, label[, noise])`` on float32 numpy arrays: :meth:`Backend.run` returns the image
+output, :meth:`Backend.run_outputs` every output the metadata lists (warp-head models add
+``flow``, ``residual`` and ``mask``).
 """
 
 from __future__ import annotations
@@ -14,12 +17,11 @@ from typing import Optional, Protocol
 
 import numpy as np
 
-from fexsdk._extras import require
-from fexsdk.metadata import ONNX_KEY, ModelMetadata
+from fexsdk import plugins
+from fexsdk.metadata import ModelMetadata, from_props
 
 ONNX_SUFFIXES = (".onnx",)
 ENGINE_SUFFIXES = (".engine", ".plan")
-TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -28,16 +30,11 @@ class Backend(Protocol):
     #: e.g. "onnxruntime/CPUExecutionProvider", "tensorrt/NVIDIA GeForce RTX 4090", "torch/cpu".
     name: str
 
-    def run(self, image: np.ndarray, label: np.ndarray, noise: Optional[np.ndarray]) -> np.ndarray: ...
+    def run(self, image: np.ndarray, label: np.ndarray, noise: Optional[np.ndarray]) -> np.ndarray:
+        """The image output, (B, C, S, S) in the model's space."""
 
-
-def _feeds(meta: ModelMetadata, image: np.ndarray, label: np.ndarray, noise: Optional[np.ndarray]) -> dict[str, np.ndarray]:
-    feeds = {"image": np.ascontiguousarray(image, np.float32), "label": np.ascontiguousarray(label, np.float32)}
-    if meta.noise_size:
-        if noise is None:
-            raise ValueError("this model has test-time dropout: pass its noise (see fexsdk.noise.draw_noise)")
-        feeds["noise"] = np.ascontiguousarray(noise, np.float32)
-    return feeds
+    def run_outputs(self, image: np.ndarray, label: np.ndarray, noise: Optional[np.ndarray]) -> dict[str, np.ndarray]:
+        """Every output named in ``meta.outputs``, by name."""
 
 
 class OnnxBackend:
@@ -68,10 +65,7 @@ class OnnxBackend:
             self.session = ort.InferenceSession(str(path), opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise ValueError(f"{path} is not a loadable ONNX model: {exc}") from None
-        props = self.session.get_modelmeta().custom_metadata_map
-        if ONNX_KEY not in props:
-            raise ValueError(f"{path} has no fexsdk metadata (emotions, size, noise layout); export it with `fex export onnx`")
-        self.meta = ModelMetadata.from_json(props[ONNX_KEY])
+        self.meta = from_props(self.session.get_modelmeta().custom_metadata_map, path)
         inputs = {i.name for i in self.session.get_inputs()}
         expected = {"image", "label"} | ({"noise"} if self.meta.noise_size else set())
         if inputs != expected:
@@ -79,33 +73,11 @@ class OnnxBackend:
         self.name = f"onnxruntime/{self.session.get_providers()[0]}"
 
     def run(self, image, label, noise):
-        return self.session.run(["output"], _feeds(self.meta, image, label, noise))[0]
+        return self.session.run(["output"], self.meta.feeds(image, label, noise))[0]
 
-
-class TorchBackend:
-    """A training checkpoint run by PyTorch (for checking a model before exporting it)."""
-
-    def __init__(self, path: str | os.PathLike, device: str = "auto", threads: Optional[int] = None) -> None:
-        torch = require("torch", "train", "running a training checkpoint")
-        if threads:
-            torch.set_num_threads(threads)  # process-wide in PyTorch
-        from export.onnx_export import metadata_for
-        from training.checkpoint import generator_from_checkpoint, load_checkpoint
-
-        ckpt = load_checkpoint(path)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.torch = torch
-        self.device = torch.device(device)
-        self.G = generator_from_checkpoint(ckpt).eval().to(self.device)
-        self.meta = metadata_for(self.G, ckpt)
-        self.name = f"torch/{self.device}"
-
-    def run(self, image, label, noise):
-        t = self.torch
-        with t.no_grad():
-            args = [t.from_numpy(a).to(self.device) for a in _feeds(self.meta, image, label, noise).values()]
-            return self.G(*args).float().cpu().numpy()
+    def run_outputs(self, image, label, noise):
+        values = self.session.run(list(self.meta.outputs), self.meta.feeds(image, label, noise))
+        return dict(zip(self.meta.outputs, values))
 
 
 #: Upper bound of the default CPU thread count: more threads hardly speed up a 48x48 generator.
@@ -152,9 +124,10 @@ def load_backend(model: str | os.PathLike, device: str = "auto", threads: Option
         from fexsdk.trt_backend import TensorRTBackend
 
         return TensorRTBackend(path)
-    if suffix in TORCH_SUFFIXES:
-        return TorchBackend(path, device, threads)
+    fmt = plugins.model_format(suffix)
+    if fmt is not None:
+        return fmt.opener(path, device, threads)
     raise ValueError(
         f"cannot tell the backend from {path.name!r}: use .onnx (onnxruntime), .engine/.plan (TensorRT) "
-        "or .pt/.pth/.ckpt (a PyTorch training checkpoint)"
+        "or .pt/.pth/.ckpt (a PyTorch training checkpoint, opened by fexsdk.training)"
     )

@@ -153,6 +153,11 @@ class FrameReader:
         if path.suffix.lower() in _IMAGE_SUFFIXES:
             raise ValueError(f"{path} is an image, not a video; use `fex apply` for photos")
 
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` was called."""
+        return self._thread is not None
+
     def start(self) -> "FrameReader":
         """Open the source (waiting at most ``open_timeout`` s) and start reading; raises on failure."""
         if self._thread is not None:

@@ -8,9 +8,14 @@ length-prefixed JSON header; the runtime reads it back and never guesses.
 from __future__ import annotations
 
 import json
+import os
+import re
 import struct
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
 
 from fexsdk._version import __version__
 from fexsdk.emotions import EMOTIONS
@@ -21,6 +26,9 @@ ONNX_KEY = "fexsdk"
 FORMAT_VERSION = 1
 #: Magic bytes that start an engine file written by fexsdk.
 ENGINE_MAGIC = b"FEXE"
+#: The normalisation every fexsdk model so far uses: model value = pixel / 127.5 - 1.
+DEFAULT_NORMALIZATION = "pixel/127.5-1"
+_NORMALIZATION = re.compile(r"^pixel/([0-9]*\.?[0-9]+)-([0-9]*\.?[0-9]+)$")
 
 
 @dataclass
@@ -43,6 +51,53 @@ WARP_OUTPUTS = ("flow", "residual", "mask")
 ALL_OUTPUTS = ("output", *WARP_OUTPUTS)
 
 
+def parse_normalization(text: str) -> tuple[float, float]:
+    """``"pixel/S-O"`` -> (S, O): model value = pixel / S - O. Anything else is a ValueError."""
+    m = _NORMALIZATION.match(str(text).replace(" ", ""))
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"model normalization {text!r} is not of the form 'pixel/SCALE-OFFSET' (e.g. {DEFAULT_NORMALIZATION!r})")
+    return float(m.group(1)), float(m.group(2))
+
+
+#: Pixel units per model unit of the default normalisation (paste-back's default scale).
+PIXEL_SCALE = parse_normalization(DEFAULT_NORMALIZATION)[0]
+
+
+def normalize(pixels, normalization: str = DEFAULT_NORMALIZATION):
+    """Pixels (a float numpy array or torch tensor) -> model values, as ``normalization`` says."""
+    scale, offset = parse_normalization(normalization)
+    return pixels / scale - offset
+
+
+def denormalize(values, normalization: str = DEFAULT_NORMALIZATION):
+    """Model values -> float pixels (not rounded or clipped), the inverse of :func:`normalize`."""
+    scale, offset = parse_normalization(normalization)
+    return (values + offset) * scale
+
+
+def label_dim_for(n_emotions: int, n_domains: int) -> int:
+    """Width of the generator's label: the emotions of every domain, plus the domain mask when there are several."""
+    return n_emotions * n_domains + (n_domains if n_domains > 1 else 0)
+
+
+def label_layout(emotion_vectors, domain: int, n_domains: int) -> np.ndarray:
+    """The generator's label input from (B, K) emotion vectors of one domain (the trainer uses it too).
+
+    One domain: the vectors themselves. Several: StarGAN's mask vector,
+    ``[emotions of domain 0, emotions of domain 1, ..., one-hot domain mask]``.
+    """
+    vec = np.asarray(emotion_vectors, dtype=np.float32)
+    if n_domains == 1:
+        return vec
+    if not 0 <= domain < n_domains:
+        raise ValueError(f"domain {domain} is out of range for {n_domains} domains")
+    n, k = vec.shape
+    out = np.zeros((n, label_dim_for(k, n_domains)), dtype=np.float32)
+    out[:, domain * k : (domain + 1) * k] = vec
+    out[:, n_domains * k + domain] = 1.0
+    return out
+
+
 @dataclass
 class ModelMetadata:
     """Everything the runtime reads from a model file.
@@ -57,8 +112,8 @@ class ModelMetadata:
     emotions: list[str] = field(default_factory=lambda: list(EMOTIONS))
     image_size: int = 48
     channels: int = 1
-    #: Pixel normalisation: model value = pixel / 127.5 - 1.
-    normalization: str = "pixel/127.5-1"
+    #: Pixel normalisation: model value = pixel / 127.5 - 1 (read by :meth:`to_model` / :meth:`to_pixels`).
+    normalization: str = DEFAULT_NORMALIZATION
     preset: str = ""
     dropout_p: float = 0.0
     noise_sites: list[NoiseSite] = field(default_factory=list)
@@ -73,6 +128,8 @@ class ModelMetadata:
     #: in [-1, 1] grid units (pixels = flow * S / 2), "residual" (B, C, S, S) the masked painted change
     #: on top of the warped input, and "mask" (B, 1, S, S).
     outputs: list[str] = field(default_factory=lambda: ["output"])
+    #: The generator's constructor arguments (training.models.GeneratorConfig), for the record.
+    generator_config: dict[str, Any] = field(default_factory=dict)
     #: Filled for TensorRT engines only.
     engine: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -81,24 +138,40 @@ class ModelMetadata:
     def noise_size(self) -> int:
         return sum(site.size for site in self.noise_sites)
 
-    def label_for(self, emotion_vectors, domain: int = 0):
-        """Build the generator's label input from (B, 7) emotion vectors for one domain.
-
-        With several domains the layout is StarGAN's mask vector:
-        ``[emotions of domain 0, emotions of domain 1, ..., one-hot domain mask]``.
-        """
-        import numpy as np
-
-        vec = np.asarray(emotion_vectors, dtype=np.float32)
-        if len(self.domains) == 1:
-            return vec
-        if not 0 <= domain < len(self.domains):
+    def label_for(self, emotion_vectors, domain: int = 0) -> np.ndarray:
+        """The generator's label input from (B, 7) emotion vectors for one domain (see :func:`label_layout`)."""
+        if len(self.domains) > 1 and not 0 <= domain < len(self.domains):
             raise ValueError(f"domain {domain} is out of range; this model has domains {self.domains}")
-        n, k = vec.shape[0], len(self.emotions)
-        out = np.zeros((n, self.label_dim), dtype=np.float32)
-        out[:, domain * k : (domain + 1) * k] = vec
-        out[:, len(self.domains) * k + domain] = 1.0
-        return out
+        return label_layout(emotion_vectors, domain, len(self.domains))
+
+    # -- normalisation --------------------------------------------------
+    @property
+    def pixel_scale(self) -> float:
+        """Pixel units per model unit (127.5 for ``pixel/127.5-1``)."""
+        return parse_normalization(self.normalization)[0]
+
+    @property
+    def pixel_offset(self) -> float:
+        """Model value of pixel 0, negated (1 for ``pixel/127.5-1``)."""
+        return parse_normalization(self.normalization)[1]
+
+    def to_model(self, pixels) -> np.ndarray:
+        """uint8 (or float) pixels -> float32 model values."""
+        return normalize(np.asarray(pixels).astype(np.float32), self.normalization).astype(np.float32, copy=False)
+
+    def to_pixels(self, values) -> np.ndarray:
+        """Model values -> uint8 pixels (rounded, clipped to [0, 255])."""
+        x = denormalize(np.asarray(values, np.float32), self.normalization)
+        return np.clip(x + 0.5, 0, 255).astype(np.uint8)
+
+    def feeds(self, image, label, noise: Optional[np.ndarray]) -> dict[str, np.ndarray]:
+        """The generator graph's inputs by name, contiguous float32 (``noise`` only for a model with dropout)."""
+        feeds = {"image": np.ascontiguousarray(image, np.float32), "label": np.ascontiguousarray(label, np.float32)}
+        if self.noise_size:
+            if noise is None:
+                raise ValueError("this model has test-time dropout: pass its noise (see fexsdk.noise.noise_for)")
+            feeds["noise"] = np.ascontiguousarray(noise, np.float32)
+        return feeds
 
     # -- serialisation -------------------------------------------------
     def to_json(self) -> str:
@@ -132,7 +205,8 @@ class ModelMetadata:
             raise ValueError(f"model channels must be 1 or 3, got {self.channels}")
         if self.image_size <= 0:
             raise ValueError(f"model image_size must be positive, got {self.image_size}")
-        expected = len(self.emotions) * len(self.domains) + (len(self.domains) if len(self.domains) > 1 else 0)
+        parse_normalization(self.normalization)
+        expected = label_dim_for(len(self.emotions), len(self.domains))
         if self.label_dim != expected:
             raise ValueError(f"model label_dim {self.label_dim} does not match {len(self.domains)} domain(s) ({expected})")
         if self.noise_sites and not 0 < self.dropout_p < 1:
@@ -148,6 +222,37 @@ class ModelMetadata:
         return any(o in self.outputs for o in WARP_OUTPUTS)
 
 
+def from_props(props: dict[str, str], source: object = "the model") -> ModelMetadata:
+    """Metadata from ONNX ``metadata_props`` (or onnxruntime's custom metadata map)."""
+    if ONNX_KEY not in props:
+        raise ValueError(f"{source} has no fexsdk metadata (emotions, size, noise layout); export it with `fex export onnx`")
+    return ModelMetadata.from_json(props[ONNX_KEY])
+
+
+def read_metadata(path: str | os.PathLike) -> ModelMetadata:
+    """The one reader of model metadata, for every format: ``.onnx``, ``.engine``/``.plan`` and the
+    suffixes registered by the packages above the runtime (training checkpoints: ``.pt``)."""
+    from fexsdk import plugins
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return read_onnx_metadata(path)
+    if suffix in (".engine", ".plan"):
+        with open(path, "rb") as f:
+            head = f.read(8)
+            length = struct.unpack("<I", head[4:8])[0] if len(head) == 8 and head[:4] == ENGINE_MAGIC else 0
+            meta, _ = unpack_engine(head + f.read(length))
+        return meta
+    fmt = plugins.model_format(suffix)
+    if fmt is None or fmt.reader is None:
+        raise ValueError(f"cannot read model metadata from {path.name!r}: no reader for {suffix!r} files "
+                         f"(known: {', '.join(plugins.known_suffixes())})")
+    return fmt.reader(path)
+
+
 def read_onnx_metadata(path) -> ModelMetadata:
     """Metadata of an fexsdk ONNX file, read with the onnx package when present, else onnxruntime (no torch)."""
     try:
@@ -158,9 +263,7 @@ def read_onnx_metadata(path) -> ModelMetadata:
         import onnxruntime as ort
 
         props = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
-    if ONNX_KEY not in props:
-        raise ValueError(f"{path} has no fexsdk metadata; export it with `fex export onnx`")
-    return ModelMetadata.from_json(props[ONNX_KEY])
+    return from_props(props, path)
 
 
 # -- TensorRT engine header ------------------------------------------------

@@ -2,6 +2,12 @@
 
 The generator's ``noise`` input holds the dropout multipliers of every site:
 0 for a dropped unit and 1/(1-p) for a kept one. All ones switches dropout off.
+
+One policy everywhere (:func:`noise_for`): with seed ``s``, face ``f`` draws its noise from
+``SeedSequence([s, f])``, where ``f`` is the face's index in a :meth:`fexsdk.Transfer.apply` call, its
+track id in ``fex demo`` (tracks are numbered from 0 in the order faces are first found), and the
+image's index in ``fex eval``. The same seed and face therefore give the same output in all three, in
+the export parity check and in int8 calibration.
 """
 
 from __future__ import annotations
@@ -37,3 +43,15 @@ def draw_noise(meta: ModelMetadata, count: int, seed: Seed | Sequence[Seed] = No
     else:
         u = np.random.default_rng(seed).random((count, size), dtype=np.float32)
     return np.where(u >= meta.dropout_p, keep, np.float32(0.0)).astype(np.float32)
+
+
+def noise_for(meta: ModelMetadata, seed: Optional[int], faces, dropout: bool = True) -> Optional[np.ndarray]:
+    """The noise of faces ``faces`` (indices or track ids) under ``seed``: (len(faces), noise_size) float32.
+
+    Face ``f`` draws from ``SeedSequence([seed, f])``; ``seed=None`` draws fresh noise;
+    ``dropout=False`` gives all ones (eval mode). None for a model without dropout.
+    """
+    faces = [int(f) for f in faces]
+    if seed is None or not dropout:
+        return draw_noise(meta, len(faces), None, enabled=dropout)
+    return draw_noise(meta, len(faces), [np.random.SeedSequence([int(seed), f]) for f in faces])

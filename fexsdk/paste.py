@@ -24,6 +24,7 @@ import numpy as np
 from fexsdk.images import check_image
 
 from fexsdk.crops import CropBox
+from fexsdk.metadata import PIXEL_SCALE
 
 __all__ = ["BLEND_MODES", "DEFAULT_FEATHER", "face_mask", "paste_back"]
 
@@ -35,8 +36,6 @@ DEFAULT_FEATHER = 0.3
 #: Semi-axes of the mask's ellipse as fractions of the box side (x, y): a FER2013
 #: face fills the square's height and most of its width.
 _AXES = (0.45, 0.5)
-#: Pixel units per model unit (model = pixel / 127.5 - 1).
-_SCALE = 127.5
 # BT.601 luma weights, as cv2.COLOR_RGB2GRAY uses.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -67,7 +66,7 @@ def _check_batch(name: str, arr, n: int) -> np.ndarray:
     if not np.issubdtype(arr.dtype, np.floating):
         raise ValueError(
             f"{name} must be floating point in the model's [-1, 1] space, got dtype {arr.dtype} "
-            "(convert pixels with x / 127.5 - 1)"
+            "(convert pixels with ModelMetadata.to_model)"
         )
     if arr.ndim != 4 or arr.shape[1] not in (1, 3) or arr.shape[2] != arr.shape[3] or arr.shape[2] < 1:
         raise ValueError(f"{name} must have shape (N, C, s, s) with C 1 or 3, got {arr.shape}")
@@ -114,6 +113,8 @@ def paste_back(
     blend: str = "residual",
     feather: float = DEFAULT_FEATHER,
     smooth: bool = True,
+    scale: float = PIXEL_SCALE,
+    offset: float = 1.0,
 ) -> np.ndarray:
     """Apply the generator's change for each box to a copy of ``image``.
 
@@ -121,10 +122,11 @@ def paste_back(
     (alpha is left untouched). ``boxes``: the :class:`~fexsdk.crops.CropBox` each
     crop was cut from. ``inputs`` / ``outputs``: float ``(N, C, s, s)`` in the
     model's [-1, 1] space (``C`` 1, or 3 in RGB order): the crops fed to the
-    generator and what it returned.
+    generator and what it returned. ``scale`` and ``offset`` are the model's normalisation
+    (``ModelMetadata.pixel_scale`` / ``pixel_offset``: pixel = (value + offset) * scale).
 
     ``blend="residual"`` (default): ``(outputs - inputs) * strength`` (its luma
-    for RGB models) is upsampled to the box, scaled to pixel units (x127.5) and
+    for RGB models) is upsampled to the box, scaled to pixel units (x ``scale``) and
     added to the luminance of the face under a feathered elliptical mask, so
     colour and detail stay. With ``smooth`` (default) the change is first filtered by
     :func:`smooth_residual`, which removes the generator's checkerboard artefacts.
@@ -184,7 +186,7 @@ def paste_back(
             change = _luma(x_out - x_in)
             if smooth:
                 change = smooth_residual(change)
-            delta = _upsample(change * (strength * _SCALE), side)[sy, sx] * mask
+            delta = _upsample(change * (strength * scale), side)[sy, sx] * mask
             new = region + (delta[:, :, None] if colour else delta)
         else:
             if colour and x_out.shape[0] == 3:
@@ -193,7 +195,7 @@ def paste_back(
                 pix = _upsample(_luma(x_out), side)
                 if colour:
                     pix = pix[:, :, None]
-            pix = (pix + 1.0) * _SCALE
+            pix = (pix + offset) * scale
             pix = pix[sy, sx]
             alpha = mask * min(strength, 1.0)
             if colour:

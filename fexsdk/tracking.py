@@ -34,15 +34,14 @@ class Track:
     ``box`` is the smoothed (x, y, w, h) box used for the transfer, as of frame
     ``updated``; ``velocity`` its estimated change per frame (zero when the
     tracker does not predict). ``raw_box`` is the last detection matched to the
-    track. ``seed`` fixes the face's dropout noise for the track's whole life
-    (None: fresh noise every frame). ``misses`` counts the detections in a row
+    track. ``id`` is also the face's id for its dropout noise (fexsdk.noise.noise_for), so
+    a face keeps its noise for the track's whole life. ``misses`` counts the detections in a row
     that did not see the face.
     """
 
     id: int
     box: Box
     raw_box: Box
-    seed: Optional[int]
     score: float = 1.0
     hits: int = 1
     misses: int = 0
@@ -65,7 +64,6 @@ class FaceTracker:
         smoothing: weight of the track's own (predicted) box against a new detection, in [0, 1)
             (0: jump to each detection; 0.5: move half-way).
         drop_after: a track not seen for this many detections in a row is dropped.
-        base_seed: track ``i`` gets the noise seed ``base_seed + i``; None gives every track ``seed=None``.
         velocity: gain of the velocity estimate, in [0, 1]. 0 holds each box still between
             detections (a plain moving average); above 0 the box also moves on at the face's
             estimated speed between detections (an alpha-beta filter), so a moving face stays
@@ -78,7 +76,7 @@ class FaceTracker:
     """
 
     def __init__(self, iou_threshold: float = 0.3, smoothing: float = 0.5, drop_after: int = 3,
-                 base_seed: Optional[int] = 0, velocity: float = 0.3) -> None:
+                 velocity: float = 0.3) -> None:
         if not 0.0 < float(iou_threshold) <= 1.0:
             raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
         if not 0.0 <= float(smoothing) < 1.0:
@@ -91,7 +89,6 @@ class FaceTracker:
         self.smoothing = float(smoothing)
         self.velocity = float(velocity)
         self.drop_after = int(drop_after)
-        self.base_seed = None if base_seed is None else int(base_seed)
         self._tracks: list[Track] = []
         self._next_id = 0
         self._last_frame: Optional[int] = None
@@ -167,8 +164,7 @@ class FaceTracker:
             tid = self._next_id
             self._next_id += 1
             self.created += 1
-            seed = None if self.base_seed is None else self.base_seed + tid
-            self._tracks.append(Track(tid, box, box, seed, score, first_frame=frame_index, last_seen=frame_index,
+            self._tracks.append(Track(tid, box, box, score, first_frame=frame_index, last_seen=frame_index,
                                       updated=frame_index))
         self._tracks.sort(key=lambda t: t.id)
         return self.tracks

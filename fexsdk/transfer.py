@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,9 @@ from fexsdk.crops import CropBox, crop_box_for, extract_crops
 from fexsdk.emotions import Target, check_target, target_matrix
 from fexsdk.faces import Face, FaceDetector, make_detector
 from fexsdk.images import check_image, read_image
-from fexsdk.noise import draw_noise
+from fexsdk.noise import draw_noise, noise_for
 from fexsdk.paste import BLEND_MODES, MAX_STRENGTH, paste_back
+from fexsdk.warp_paste import paste_warp
 
 #: The model that ships inside the package.
 DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.onnx"
@@ -31,6 +33,33 @@ Seeds = Union[int, Sequence[int], None]
 FaceSpec = Union[Face, Sequence[float]]
 
 
+#: The stages of :meth:`Transfer.process`, in order; each fills its part of every :class:`FaceRecord`.
+STAGES = ("detect", "frame", "crop", "generate", "paste")
+
+
+@dataclass
+class FaceRecord:
+    """One face on its way through the stages (like insightface's ``Face``): each stage fills its part.
+
+    ``detect`` (or ``faces=``): :attr:`face`; ``frame``: :attr:`box` (the square the crop is cut from) and
+    :attr:`face_id`; ``crop``: :attr:`crop`; ``generate``: :attr:`output` and, for warp-head models,
+    :attr:`parts` (``flow``, ``residual``, ``mask``); ``paste`` writes into the image. :attr:`timings`
+    holds each stage's milliseconds for this face (a batched stage's time shared equally).
+    """
+
+    face: Face
+    #: Picks the face's dropout noise with the seed (fexsdk.noise.noise_for): its index in the call, or a track id.
+    face_id: int = 0
+    box: Optional[CropBox] = None
+    #: (C, s, s) float32 in the model's space, as fed to the generator.
+    crop: Optional[np.ndarray] = None
+    #: (C, s, s) float32: the generator's image output.
+    output: Optional[np.ndarray] = None
+    #: A warp-head model's other outputs by name: flow (2, s, s), residual (C, s, s), mask (1, s, s).
+    parts: dict[str, np.ndarray] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
 @dataclass
 class TransferResult:
     """What :meth:`Transfer.process` returns: the new image and what it did."""
@@ -38,9 +67,19 @@ class TransferResult:
     image: np.ndarray
     faces: list[Face] = field(default_factory=list)
     boxes: list[CropBox] = field(default_factory=list)
-    #: The crops fed to the generator and its outputs, (N, C, s, s) in [-1, 1].
+    #: The crops fed to the generator and its outputs, (N, C, s, s) in the model's space ([-1, 1]).
     inputs: Optional[np.ndarray] = None
     outputs: Optional[np.ndarray] = None
+    records: list[FaceRecord] = field(default_factory=list)
+    #: Milliseconds per stage for the whole image.
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _share(records: Sequence[FaceRecord], stage: str, seconds: float) -> float:
+    ms = 1000.0 * seconds
+    for r in records:
+        r.timings[stage] = ms / len(records)
+    return ms
 
 
 def load_image(image: Union[np.ndarray, str, os.PathLike]) -> np.ndarray:
@@ -182,39 +221,49 @@ class Transfer:
         return f"Transfer(backend={self.backend.name}, preset={self.meta.preset!r}, detector={self.detector.name})"
 
     # -- the raw model --------------------------------------------------------
-    def _seeds(self, seed: Seeds, count: int):
-        """One seed per face: an int seed gives face i the stream (seed, i); a list gives face i seeds[i]."""
-        if seed is None:
-            return None
+    def _noise(self, seed, face_ids: Sequence[int], dropout: bool):
+        """The noise policy (:func:`fexsdk.noise.noise_for`): an int seed gives face ``f`` the stream (seed, f);
+        a list gives face i the noise face 0 gets under seeds[i]; None draws fresh noise."""
+        n = len(face_ids)
         if isinstance(seed, np.random.SeedSequence):
-            return seed.spawn(count)
-        if isinstance(seed, (str, bytes, Mapping)) or not isinstance(seed, (int, np.integer, Sequence, np.ndarray)):
-            _check_seed(seed)  # raises for everything that is not an int
-        if isinstance(seed, (int, np.integer)):
-            _check_seed(seed)
-            return [np.random.SeedSequence([int(seed), i]) for i in range(count)]
+            return draw_noise(self.meta, n, seed.spawn(n), enabled=dropout)
+        if seed is None or isinstance(seed, (int, np.integer)) or not dropout:
+            return noise_for(self.meta, None if seed is None else int(seed), face_ids, dropout)
         seeds = list(seed)
-        for s in seeds:
-            _check_seed(s)
-        if len(seeds) != count:
-            raise ValueError(f"got {len(seeds)} seeds for {count} faces; give one seed, or exactly one per face")
-        return [int(s) for s in seeds]
+        if len(seeds) != n:
+            raise ValueError(f"got {len(seeds)} seeds for {n} faces; give one seed, or exactly one per face")
+        rows = [noise_for(self.meta, int(s), [0]) for s in seeds]
+        return None if self.meta.noise_size == 0 else np.concatenate(rows) if rows else None
 
-    def run_model(self, x: np.ndarray, targets, seed: Seeds = None, noise: bool = True, domain: int = 0) -> np.ndarray:
-        """(N, C, s, s) float32 in [-1, 1] -> generator output, same shape."""
+    def run_outputs(self, x: np.ndarray, targets, seed: Seeds = None, dropout: bool = True, domain: int = 0,
+                    face_ids: Optional[Sequence[int]] = None) -> dict[str, np.ndarray]:
+        """(N, C, s, s) float32 in the model's space -> every output of the generator by name."""
         n = x.shape[0]
         check_target(targets)
+        self._check_seed_arg(seed)
         labels = self.meta.label_for(target_matrix(targets, n), domain)
         if n == 0:
-            return np.zeros_like(x)
-        noise_arr = draw_noise(self.meta, n, self._seeds(seed, n), enabled=noise)
-        return self.backend.run(x, labels, noise_arr)
+            return {name: np.zeros((0, *x.shape[1:]), np.float32) for name in self.meta.outputs}
+        ids = list(range(n)) if face_ids is None else [int(f) for f in face_ids]
+        noise = self._noise(seed, ids, dropout)
+        if not self.meta.is_warp:  # the image is all there is
+            return {"output": self.backend.run(x, labels, noise)}
+        if not callable(getattr(self.backend, "run_outputs", None)):
+            raise ValueError(f"{self.meta.preset or 'this'} is a warp-head model, whose paste-back needs its flow and "
+                             f"residual, but the backend {type(self.backend).__name__} returns the image only (no run_outputs)")
+        return self.backend.run_outputs(x, labels, noise)
 
-    def generate(self, crops: np.ndarray, targets, seed: Seeds = None, noise: bool = True) -> np.ndarray:
+    def run_model(self, x: np.ndarray, targets, seed: Seeds = None, dropout: bool = True, domain: int = 0,
+                  face_ids: Optional[Sequence[int]] = None) -> np.ndarray:
+        """(N, C, s, s) float32 in the model's space -> the generator's image output, same shape."""
+        return self.run_outputs(x, targets, seed, dropout, domain, face_ids)["output"]
+
+    def generate(self, crops: np.ndarray, targets, seed: Seeds = None, dropout: bool = True) -> np.ndarray:
         """Change the expression of ready crops (the model's size: e.g. 48x48 gray).
 
         ``crops``: uint8 (N, s, s) for gray models or (N, C, s, s); returns uint8 of the same shape.
         ``targets``: one target for all (name, alias, index or {name: intensity}) or one per crop.
+        Crop i is face i for the noise (as in :meth:`apply` and ``fex eval``).
         """
         crops = np.asarray(crops)
         m = self.meta
@@ -225,23 +274,87 @@ class Transfer:
         if x.ndim != 4 or x.shape[1:] != (m.channels, m.image_size, m.image_size):
             want = f"(N, {m.image_size}, {m.image_size}) or " if m.channels == 1 else ""
             raise ValueError(f"crops must have shape {want}(N, {m.channels}, {m.image_size}, {m.image_size}), got {crops.shape}")
-        out = self.run_model(x.astype(np.float32) / 127.5 - 1.0, targets, seed, noise)
-        out = np.clip((out + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+        out = m.to_pixels(self.run_model(m.to_model(x), targets, seed, dropout))
         return out[:, 0] if squeeze else out
 
-    # -- whole images -----------------------------------------------------------
+    # -- the stages: detect -> frame -> crop -> generate -> paste ---------------------
     def detect(self, image) -> list[Face]:
+        """Stage 1: the faces the detector finds."""
         return self.detector.detect(load_image(image))
 
-    def _check_call(self, target, seed, strength) -> None:
-        """Argument checks done before any work (detection included)."""
-        check_target(target)
+    def frame(self, image, faces: Sequence[FaceSpec], face_ids: Optional[Sequence[int]] = None) -> list[FaceRecord]:
+        """Stage 2: a record per face with the square box its crop is cut from (framed like the detector's
+        boxes). ``face_ids`` pick each face's noise (default: 0, 1, 2, ... in order; track ids in video)."""
+        image = load_image(image)
+        if isinstance(faces, (str, bytes, Face)) or not isinstance(faces, (Sequence, np.ndarray)):
+            raise ValueError(f"faces must be a list of (x, y, w, h) boxes or Face objects, got {faces!r}")
+        found = [_face(f, image.shape) for f in faces]
+        ids = list(range(len(found))) if face_ids is None else [int(i) for i in face_ids]
+        if len(ids) != len(found):
+            raise ValueError(f"got {len(ids)} face ids for {len(found)} faces")
+        t0 = time.perf_counter()
+        records = [FaceRecord(f, i, crop_box_for(f, self.detector)) for f, i in zip(found, ids)]
+        if records:
+            _share(records, "frame", time.perf_counter() - t0)
+        return records
+
+    def crop(self, image, records: Sequence[FaceRecord]) -> list[FaceRecord]:
+        """Stage 3: each record's crop, scaled to the model's size and normalised as its metadata says."""
+        if records:
+            t0 = time.perf_counter()
+            m = self.meta
+            x = m.to_model(extract_crops(load_image(image), [r.box for r in records], m.image_size, m.channels))
+            for r, c in zip(records, x):
+                r.crop = c
+            _share(records, "crop", time.perf_counter() - t0)
+        return list(records)
+
+    def generate_faces(self, records: Sequence[FaceRecord], target, *, seed: Seeds = None, dropout: bool = True,
+                       domain: int = 0) -> list[FaceRecord]:
+        """Stage 4: all cropped faces through the generator as one batch; fills ``output`` (and ``parts``)."""
+        if records:
+            t0 = time.perf_counter()
+            x = np.stack([r.crop for r in records])
+            outs = self.run_outputs(x, target, seed, dropout, domain, [r.face_id for r in records])
+            for i, r in enumerate(records):
+                r.output = outs["output"][i]
+                r.parts = {k: v[i] for k, v in outs.items() if k != "output"}
+            _share(records, "generate", time.perf_counter() - t0)
+        return list(records)
+
+    def paste(self, image, records: Sequence[FaceRecord], strength: float = 1.0) -> np.ndarray:
+        """Stage 5: the change put back into a copy of the full-resolution image. Warp-head models move
+        the face's own pixels by the upsampled flow (:func:`fexsdk.warp_paste.paste_warp`) with the
+        ``residual`` blend; everything else goes through :func:`fexsdk.paste.paste_back`."""
+        image = load_image(image)
+        if not records:
+            return image.copy()
+        t0 = time.perf_counter()
+        boxes = [r.box for r in records]
+        if self.meta.is_warp and self.blend == "residual":
+            out = paste_warp(image, boxes, np.stack([r.parts["flow"] for r in records]),
+                             np.stack([r.parts["residual"] for r in records]), strength=strength,
+                             scale=self.meta.pixel_scale)
+        else:
+            out = paste_back(image, boxes, np.stack([r.crop for r in records]), np.stack([r.output for r in records]),
+                             strength=strength, blend=self.blend, smooth=self.smooth,
+                             scale=self.meta.pixel_scale, offset=self.meta.pixel_offset)
+        _share(records, "paste", time.perf_counter() - t0)
+        return out
+
+    # -- whole images -----------------------------------------------------------
+    def _check_seed_arg(self, seed) -> None:
         if seed is not None and not isinstance(seed, np.random.SeedSequence):
             if isinstance(seed, (str, bytes, Mapping)) or not isinstance(seed, (Sequence, np.ndarray)):
                 _check_seed(seed)
             else:
                 for s in seed:
                     _check_seed(s)
+
+    def _check_call(self, target, seed, strength) -> None:
+        """Argument checks done before any work (detection included)."""
+        check_target(target)
+        self._check_seed_arg(seed)
         if isinstance(strength, (bool, np.bool_)) or not isinstance(strength, (int, float, np.integer, np.floating)):
             raise ValueError(f"strength must be a number, got {strength!r}")
         if not np.isfinite(strength) or not 0 <= strength <= MAX_STRENGTH:
@@ -249,25 +362,29 @@ class Transfer:
                              f"change, {MAX_STRENGTH:g} = twice it), got {strength}")
 
     def process(self, image, target: Union[Target, Sequence[Target]], *, faces: Optional[Sequence[FaceSpec]] = None,
-                seed: Seeds = None, strength: float = 1.0, noise: bool = True) -> TransferResult:
-        """Like :meth:`apply`, returning a :class:`TransferResult` with the faces and crops."""
+                seed: Seeds = None, strength: float = 1.0, dropout: bool = True) -> TransferResult:
+        """Like :meth:`apply`, returning a :class:`TransferResult` with the face records and stage timings."""
         image = load_image(image)
         self._check_call(target, seed, strength)
         if faces is not None and (isinstance(faces, (str, bytes, Face)) or not isinstance(faces, (Sequence, np.ndarray))):
             raise ValueError(f"faces must be a list of (x, y, w, h) boxes or Face objects, got {faces!r}")
-        found = self.detector.detect(image) if faces is None else [_face(f, image.shape) for f in faces]
-        if not found:  # no face: the image comes back unchanged (a copy)
-            return TransferResult(image.copy(), [], [])
-        m = self.meta
-        boxes = [crop_box_for(f, self.detector) for f in found]
-        crops = extract_crops(image, boxes, m.image_size, m.channels)
-        x = crops.astype(np.float32) / 127.5 - 1.0
-        y = self.run_model(x, target, seed, noise)
-        out = paste_back(image, boxes, x, y, strength=strength, blend=self.blend, smooth=self.smooth)
-        return TransferResult(out, found, boxes, x, y)
+        t0 = time.perf_counter()
+        found = self.detector.detect(image) if faces is None else faces
+        detect_ms = 1000.0 * (time.perf_counter() - t0) if faces is None else 0.0
+        records = self.frame(image, found)
+        if not records:  # no face: the image comes back unchanged (a copy)
+            return TransferResult(image.copy(), [], [], timings={"detect": detect_ms})
+        for r in records:
+            r.timings["detect"] = detect_ms / len(records)
+        self.crop(image, records)
+        self.generate_faces(records, target, seed=seed, dropout=dropout)
+        out = self.paste(image, records, strength)
+        timings = {stage: sum(r.timings.get(stage, 0.0) for r in records) for stage in STAGES}
+        return TransferResult(out, [r.face for r in records], [r.box for r in records],
+                              np.stack([r.crop for r in records]), np.stack([r.output for r in records]), records, timings)
 
     def apply(self, image, target: Union[Target, Sequence[Target]], *, faces: Optional[Sequence[FaceSpec]] = None,
-              seed: Seeds = None, strength: float = 1.0, noise: bool = True, return_faces: bool = False):
+              seed: Seeds = None, strength: float = 1.0, dropout: bool = True, return_faces: bool = False):
         """Change the expression of every face in ``image``; returns a new image of the same shape and dtype.
 
         Args:
@@ -277,12 +394,13 @@ class Transfer:
             faces: (x, y, w, h) boxes or Face objects to use instead of running the detector; they are
                 framed like the configured detector's boxes (YuNet's, the default's: see fexsdk.crops).
             seed: fixes the test-time dropout noise (same seed, same output): an int gives face i the
-                stream (seed, i), a list gives face i its own seed; None draws new noise each call.
+                stream (seed, i) (:func:`fexsdk.noise.noise_for`, as ``fex demo`` and ``fex eval`` do), a list
+                gives face i the noise of face 0 under its own seed; None draws new noise each call.
             strength: scales the change, in [0, 2] (0 = unchanged, 1 = the model's change).
-            noise: False switches the test-time dropout off (the deterministic, eval-mode model).
+            dropout: False switches the test-time dropout off (the deterministic, eval-mode model).
             return_faces: also return the list of faces found.
 
         An image with no face is returned unchanged (as a copy); the face list is then empty.
         """
-        result = self.process(image, target, faces=faces, seed=seed, strength=strength, noise=noise)
+        result = self.process(image, target, faces=faces, seed=seed, strength=strength, dropout=dropout)
         return (result.image, result.faces) if return_faces else result.image

@@ -47,7 +47,12 @@ class TensorRTBackend:
             self._buffers[name] = (ptr, nbytes)
         return ptr
 
-    def _run_chunk(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    def _output_shape(self, name: str, n: int) -> tuple[int, ...]:
+        m = self.meta
+        channels = {"flow": 2, "mask": 1}.get(name, m.channels)
+        return (n, channels, m.image_size, m.image_size)
+
+    def _run_chunk(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         rt, kind = self.cudart, self.cudart.cudaMemcpyKind
         n = next(iter(feeds.values())).shape[0]
         for name, arr in feeds.items():
@@ -55,22 +60,28 @@ class TensorRTBackend:
             self.context.set_input_shape(name, arr.shape)
             self.context.set_tensor_address(name, ptr)
             check_cuda(rt.cudaMemcpyAsync(ptr, arr.ctypes.data, arr.nbytes, kind.cudaMemcpyHostToDevice, self.stream))
-        out = np.empty((n, self.meta.channels, self.meta.image_size, self.meta.image_size), np.float32)
-        out_ptr = self._buffer("output", out.nbytes)
-        self.context.set_tensor_address("output", out_ptr)
+        outs = {name: np.empty(self._output_shape(name, n), np.float32) for name in self.meta.outputs}
+        ptrs = {}
+        for name, out in outs.items():
+            ptrs[name] = self._buffer(name, out.nbytes)
+            self.context.set_tensor_address(name, ptrs[name])
         if not self.context.execute_async_v3(self.stream):
             raise RuntimeError("TensorRT execution failed")
-        check_cuda(rt.cudaMemcpyAsync(out.ctypes.data, out_ptr, out.nbytes, kind.cudaMemcpyDeviceToHost, self.stream))
+        for name, out in outs.items():
+            check_cuda(rt.cudaMemcpyAsync(out.ctypes.data, ptrs[name], out.nbytes, kind.cudaMemcpyDeviceToHost, self.stream))
         check_cuda(rt.cudaStreamSynchronize(self.stream))
-        return out
+        return outs
 
-    def run(self, image: np.ndarray, label: np.ndarray, noise: Optional[np.ndarray]) -> np.ndarray:
-        from fexsdk.backends import _feeds
-
-        feeds = _feeds(self.meta, image, label, noise)
+    def run_outputs(self, image: np.ndarray, label: np.ndarray, noise: Optional[np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = self.meta.feeds(image, label, noise)
         pieces = [self._run_chunk({k: np.ascontiguousarray(v[a:b]) for k, v in feeds.items()})
                   for a, b in self.profile.chunks(image.shape[0])]
-        return np.concatenate(pieces) if pieces else np.zeros_like(image)
+        if not pieces:
+            return {name: np.zeros(self._output_shape(name, 0), np.float32) for name in self.meta.outputs}
+        return {name: np.concatenate([p[name] for p in pieces]) for name in self.meta.outputs}
+
+    def run(self, image: np.ndarray, label: np.ndarray, noise: Optional[np.ndarray]) -> np.ndarray:
+        return self.run_outputs(image, label, noise)["output"]
 
     def __del__(self) -> None:
         for ptr, _ in getattr(self, "_buffers", {}).values():

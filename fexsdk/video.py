@@ -155,7 +155,8 @@ class DemoConfig:
     The source is ``input`` (a video file or stream URL) or ``camera`` (an index;
     camera 0 when neither is given). With ``output`` or ``headless`` no window is
     opened. ``seed=None`` draws fresh dropout noise every frame (it flickers; for
-    comparison); otherwise track ``i`` uses ``seed + i``.
+    comparison); otherwise track ``i`` gets the noise face ``i`` gets from
+    ``Transfer.apply(..., seed=seed)`` (fexsdk.noise.noise_for).
     """
 
     camera: Optional[int] = None
@@ -265,24 +266,6 @@ class DemoStats:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-class _TimedBackend:
-    """Wraps a backend for one call of Transfer.apply, adding up the time spent in the model."""
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-        self.seconds = 0.0
-
-    def run(self, *args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return self._inner.run(*args, **kwargs)
-        finally:
-            self.seconds += time.perf_counter() - t0
-
-    def __getattr__(self, name: str):
-        return getattr(self._inner, name)
-
-
 class _Stage:
     """Running mean (for stats) and a moving average (for the overlay) of one stage's time."""
 
@@ -322,13 +305,12 @@ class DemoLoop:
         self.transfer = transfer
         self.display = display
         self.reader = reader
-        self.tracker = FaceTracker(config.iou_threshold, config.smoothing, config.drop_after, config.seed,
-                                   config.velocity)
+        self.tracker = FaceTracker(config.iou_threshold, config.smoothing, config.drop_after, config.velocity)
         self.emotion = _emotion(config.emotion)
         self.show_original = False
         self.frame_index = 0
         self.detections = 0
-        self.stages = {"detect": _Stage(), "generate": _Stage(), "paste": _Stage()}
+        self.stages = {"detect": _Stage(), "crop": _Stage(), "generate": _Stage(), "paste": _Stage()}
         self.fps: Optional[float] = None
         self._last_done: Optional[float] = None
         self.last_clean: Optional[np.ndarray] = None
@@ -353,12 +335,6 @@ class DemoLoop:
             self.transfer = Transfer(c.model, device=c.device, detector=c.detector, blend=c.blend, threads=c.threads)
         return self.transfer
 
-    def seeds_for(self, tracks: Sequence[Track]) -> Optional[list[int]]:
-        """The per-face seeds passed to Transfer.apply (None: fresh noise)."""
-        if self.config.seed is None:
-            return None
-        return [t.seed for t in tracks]  # type: ignore[misc]
-
     def process(self, image: np.ndarray) -> np.ndarray:
         """One frame in, the result out (with the overlay unless ``overlay=False``)."""
         tr = self.load_transfer()
@@ -377,18 +353,14 @@ class DemoLoop:
         h, w = image.shape[:2]
         shown = [t for t in tracks if t.box[0] + t.box[2] > 0 and t.box[1] + t.box[3] > 0 and t.box[0] < w and t.box[1] < h]
         if shown and not self.show_original:
-            inner = tr.backend
-            timed = _TimedBackend(inner)
-            tr.backend = timed
-            t0 = time.perf_counter()
-            try:
-                out = tr.apply(image, self.target, faces=[t.box for t in shown], seed=self.seeds_for(shown),
-                               strength=c.strength)
-            finally:
-                tr.backend = inner
-            total = time.perf_counter() - t0
-            self.stages["generate"].add(timed.seconds)
-            self.stages["paste"].add(max(0.0, total - timed.seconds))
+            # Transfer's stages, with each track's id picking its noise (fexsdk.noise.noise_for): the
+            # same seed gives a face the same noise here as in Transfer.apply and fex eval.
+            records = tr.crop(image, tr.frame(image, [t.box for t in shown], face_ids=[t.id for t in shown]))
+            tr.generate_faces(records, self.target, seed=c.seed)
+            out = tr.paste(image, records, c.strength)
+            for stage in ("crop", "generate", "paste"):  # frame (a few box sums) counts with crop
+                extra = "frame" if stage == "crop" else None
+                self.stages[stage].add(sum(r.timings[stage] + r.timings.get(extra, 0.0) for r in records) / 1000.0)
         else:
             out = image.copy()
         self.last_clean = out
@@ -409,7 +381,7 @@ class DemoLoop:
         return [
             what,
             f"{fps} fps  faces {faces}  {noise}",
-            f"detect {s['detect'].text()}  generate {s['generate'].text()}  paste {s['paste'].text()} ms",
+            f"detect {s['detect'].text()}  crop {s['crop'].text()}  generate {s['generate'].text()}  paste {s['paste'].text()} ms",
         ]
 
     def handle_key(self, key: int) -> bool:
@@ -465,7 +437,7 @@ class DemoLoop:
         sink: Optional[VideoSink] = None
         start = time.perf_counter()
         try:
-            if reader._thread is None:
+            if not reader.started:
                 reader.start()
             self.load_transfer()
             if c.output is not None:

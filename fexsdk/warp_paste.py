@@ -22,11 +22,11 @@ import numpy as np
 
 from fexsdk.crops import CropBox
 from fexsdk.images import check_image
+from fexsdk.metadata import PIXEL_SCALE
 from fexsdk.paste import DEFAULT_FEATHER, face_mask
 
 __all__ = ["paste_warp", "flow_to_pixels"]
 
-_SCALE = 127.5
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
@@ -49,12 +49,12 @@ def _check(name: str, arr, n: int, channels: Sequence[int]) -> np.ndarray:
 
 
 def paste_warp(image: np.ndarray, boxes: Sequence[CropBox], flows: np.ndarray, residuals: np.ndarray,
-               strength: float = 1.0, feather: float = DEFAULT_FEATHER) -> np.ndarray:
+               strength: float = 1.0, feather: float = DEFAULT_FEATHER, scale: float = PIXEL_SCALE) -> np.ndarray:
     """Warp each box's face by its upsampled flow and add its upsampled residual, on a copy of ``image``.
 
     ``flows``: (N, 2, s, s) from the model's ``flow`` output; ``residuals``: (N, C, s, s) from
     ``residual`` (model units, [-1, 1] space). ``strength`` scales the flow and the residual
-    together (0: the input unchanged). Returns a new array of the same shape and dtype.
+    together (0: the input unchanged). ``scale``: pixel units per model unit (``ModelMetadata.pixel_scale``). Returns a new array of the same shape and dtype.
     """
     check_image(image)
     if isinstance(strength, bool) or not isinstance(strength, Real) or not math.isfinite(strength) or strength < 0:
@@ -82,7 +82,7 @@ def paste_warp(image: np.ndarray, boxes: Sequence[CropBox], flows: np.ndarray, r
         gy, gx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
         warped = cv2.remap(source, gx + d[..., 0], gy + d[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         shade = res[0] if res.shape[0] == 1 else np.tensordot(_LUMA, res, axes=1)
-        shade = cv2.resize(shade, (side, side), interpolation=cv2.INTER_CUBIC)[sy, sx] * np.float32(strength * _SCALE)
+        shade = cv2.resize(shade, (side, side), interpolation=cv2.INTER_CUBIC)[sy, sx] * np.float32(strength * scale)
         mask = face_mask(side, feather)[sy, sx]
         region = planes[y0:y1, x0:x1].astype(np.float32)
         if colour:

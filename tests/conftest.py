@@ -44,7 +44,7 @@ def shared_models() -> Path:
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A 'tiny' preset checkpoint after a few steps on synthetic data (has dropout noise)."""
     pytest.importorskip("torch")
-    from training.trainer import TrainConfig, Trainer
+    from fexsdk.training.trainer import TrainConfig, Trainer
 
     out = tmp_path_factory.mktemp("tiny_run")
     Trainer(TrainConfig(preset="tiny", synthetic=64, out=str(out), batch_size=4, max_steps=4, ckpt_every=4,
@@ -56,7 +56,7 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 def tiny_onnx(tiny_checkpoint, tmp_path_factory) -> Path:
     """The tiny checkpoint exported to ONNX with metadata."""
     pytest.importorskip("onnx")
-    from export.onnx_export import export_onnx
+    from fexsdk.export.onnx_export import export_onnx
 
     return export_onnx(tiny_checkpoint, tmp_path_factory.mktemp("onnx") / "tiny.onnx").path
 

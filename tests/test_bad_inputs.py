@@ -279,7 +279,7 @@ def test_classifier_given_the_onnx_generator(files, capsys):
 
 
 def test_npz_usage_names_are_accepted(files):
-    from training.data import load_dataset
+    from fexsdk.training.data import load_dataset
 
     assert len(load_dataset(files / "usage_names.npz", "train")) == 60
     assert len(load_dataset(files / "usage_names.npz", "public")) == 10
@@ -301,7 +301,7 @@ def test_train_on_an_npz_without_usage(files, capsys):
 
 def test_train_overwrite_and_resume_are_the_ways_into_a_used_out(files, capsys):
     pytest.importorskip("torch")
-    from training.checkpoint import load_checkpoint
+    from fexsdk.training.checkpoint import load_checkpoint
 
     out = files / "twice"
     common = ["train", "--preset", "tiny", "--synthetic", "64", "--out", out, "--batch-size", "4", "--no-progress",
@@ -322,7 +322,7 @@ def test_train_overwrite_and_resume_are_the_ways_into_a_used_out(files, capsys):
 
 def test_train_config_checks_in_python(tmp_path):
     pytest.importorskip("torch")
-    from training.trainer import TrainConfig
+    from fexsdk.training.trainer import TrainConfig
 
     for kw, match in [({"epochs": 0}, "epochs"), ({"epochs": -1.0}, "epochs"), ({"max_steps": 0}, "max_steps"),
                       ({"seed": -5}, "seed"), ({"ckpt_every": 0}, "ckpt_every")]:

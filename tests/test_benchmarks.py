@@ -1,4 +1,4 @@
-"""benchmarks/latency.py end to end on the tiny model, and the int8 model it makes (fexsdk.quantize)."""
+"""benchmarks/latency.py end to end on the tiny model, and the int8 model it makes (fexsdk.export.quantize)."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def test_gpu_backends_run_or_say_why_not(bench):
 
 
 def test_flops_match_the_architecture(bench, tiny_checkpoint):
-    from training.checkpoint import load_checkpoint
+    from fexsdk.training.checkpoint import load_checkpoint
 
     res, _, _ = bench
     cfg = load_checkpoint(tiny_checkpoint)["generator_config"]
@@ -129,7 +129,7 @@ def test_int8_model_keeps_metadata_and_loads_in_transfer(bench, tiny_onnx):
     import onnx
 
     from fexsdk.metadata import ONNX_KEY, ModelMetadata
-    from fexsdk.quantize import QUANT_KEY
+    from fexsdk.export.quantize import QUANT_KEY
     from fexsdk.transfer import Transfer
 
     res, _, out = bench
@@ -175,7 +175,7 @@ def test_int8_output_is_the_same_on_an_avx2_cpu(bench, tiny_onnx, tmp_path):
     import onnxruntime as ort
 
     from fexsdk.metadata import read_onnx_metadata
-    from fexsdk.noise import draw_noise
+    from fexsdk.noise import noise_for
 
     qemu = shutil.which("qemu-x86_64")
     if qemu is None:
@@ -188,9 +188,9 @@ def test_int8_output_is_the_same_on_an_avx2_cpu(bench, tiny_onnx, tmp_path):
     spec = importlib.util.spec_from_file_location("fex_latency", REPO / "benchmarks" / "latency.py")
     latency = sys.modules.setdefault("fex_latency", importlib.util.module_from_spec(spec))
     spec.loader.exec_module(latency)
-    x = latency.synthetic_faces(4, 48, seed=2)[:, None].astype(np.float32) / 127.5 - 1.0  # the parity faces
+    x = meta.to_model(latency.synthetic_faces(4, 48, seed=2)[:, None])  # the parity faces
     feeds = {"image": x, "label": meta.label_for(np.eye(7, dtype=np.float32)[[0, 3, 5, 6]]),
-             "noise": draw_noise(meta, 4, seed=0)}
+             "noise": noise_for(meta, 0, range(4))}
     np.savez(tmp_path / "in.npz", **feeds)
     (tmp_path / "run.py").write_text(_AVX2_SCRIPT)
     proc = subprocess.run([qemu, "-cpu", "Haswell", sys.executable, str(tmp_path / "run.py"), str(int8),
@@ -207,7 +207,7 @@ def test_int8_output_is_the_same_on_an_avx2_cpu(bench, tiny_onnx, tmp_path):
 
 
 def test_quantize_refuses_bad_calibration_crops(tiny_onnx, tmp_path):
-    from fexsdk.quantize import quantize_onnx
+    from fexsdk.export.quantize import quantize_onnx
 
     with pytest.raises(ValueError, match="shape"):
         quantize_onnx(tiny_onnx, tmp_path / "q.onnx", np.zeros((4, 32, 32), np.uint8))

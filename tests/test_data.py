@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from training.data import (
+from fexsdk.training.data import (
     SPLITS,
     FaceDataset,
     load_dataset,

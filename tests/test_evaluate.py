@@ -11,10 +11,10 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
 from fexsdk.metadata import ONNX_KEY, ModelMetadata  # noqa: E402
-from training.classifier import (ClassifierTrainConfig, ResNet18, confusion, export_classifier,  # noqa: E402
+from fexsdk.training.classifier import (ClassifierTrainConfig, ResNet18, confusion, export_classifier,  # noqa: E402
                                  load_classifier, train_classifier)
-from training.data import FaceDataset  # noqa: E402
-from training.evaluate import accuracy, evaluate, frechet_distance, markdown_table, per_class_accuracy  # noqa: E402
+from fexsdk.training.data import FaceDataset  # noqa: E402
+from fexsdk.training.evaluate import accuracy, evaluate, frechet_distance, markdown_table, per_class_accuracy  # noqa: E402
 
 
 def test_accuracy_and_confusion_on_a_fixed_example():
@@ -78,7 +78,7 @@ def test_mismatched_channels_are_a_clear_error(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_classifier(tmp_path_factory):
-    from training.synthetic import make_synthetic
+    from fexsdk.training.synthetic import make_synthetic
 
     root = tmp_path_factory.mktemp("clf")
     train, test = make_synthetic(96, seed=0), make_synthetic(32, seed=1)
@@ -125,7 +125,7 @@ def test_fex_eval_end_to_end(tiny_classifier, tiny_onnx, tmp_path):
 
 
 def test_markdown_table_orders_rows_like_table2():
-    from training.evaluate import EvalResult
+    from fexsdk.training.evaluate import EvalResult
 
     def row(name, gen):
         return EvalResult(name, gen, "", 1, [0], 0.5, {}, [], 0.4, 0.0, realism_fd=1.0, identity_self_l1=0.1,
@@ -136,7 +136,7 @@ def test_markdown_table_orders_rows_like_table2():
 
 
 def test_table2_budget_table_reads_training_speed(tmp_path):
-    from training.table2 import budget_table, training_speed
+    from fexsdk.training.table2 import budget_table, training_speed
 
     run = tmp_path / "stargan"
     run.mkdir()

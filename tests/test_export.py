@@ -10,14 +10,14 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from export.onnx_export import FP16_TOLERANCE, FP32_TOLERANCE, export_onnx, parity, read_onnx_metadata  # noqa: E402
+from fexsdk.export.onnx_export import FP16_TOLERANCE, FP32_TOLERANCE, export_onnx, parity, read_onnx_metadata  # noqa: E402
 from fexsdk._trt import BatchProfile, import_tensorrt  # noqa: E402
 from fexsdk.backends import OnnxBackend  # noqa: E402
 from fexsdk.metadata import ModelMetadata, NoiseSite, pack_engine, unpack_engine  # noqa: E402
 from fexsdk.noise import draw_noise  # noqa: E402
-from training.checkpoint import generator_from_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
-from training.models import Generator  # noqa: E402
-from training.presets import get_preset, list_presets  # noqa: E402
+from fexsdk.training.checkpoint import generator_from_checkpoint, load_checkpoint, save_checkpoint  # noqa: E402
+from fexsdk.training.models import Generator  # noqa: E402
+from fexsdk.training.presets import get_preset, list_presets  # noqa: E402
 
 
 def _checkpoint_for(preset: str, path):
@@ -158,7 +158,7 @@ def test_cli_export_prints_parity_and_next_command(tiny_checkpoint, tmp_path):
 def test_bundle_grid_shows_each_class_and_every_target(tiny_onnx, tmp_path):
     import cv2
 
-    from export.bundle import draw_grid
+    from fexsdk.export.bundle import draw_grid
 
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(7), 3)

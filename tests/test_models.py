@@ -4,8 +4,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from training.models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig  # noqa: E402
-from training.presets import get_preset, list_presets  # noqa: E402
+from fexsdk.training.models import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig  # noqa: E402
+from fexsdk.training.presets import get_preset, list_presets  # noqa: E402
 
 
 def _label(n, k=3, dim=7):

@@ -11,9 +11,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from training.checkpoint import generator_from_checkpoint, load_checkpoint  # noqa: E402
-from training.models import Generator, GeneratorConfig  # noqa: E402
-from training.trainer import TrainConfig, Trainer, ema_update, lr_factor_by_time, r1_penalty  # noqa: E402
+from fexsdk.training.checkpoint import generator_from_checkpoint, load_checkpoint  # noqa: E402
+from fexsdk.training.models import Generator, GeneratorConfig  # noqa: E402
+from fexsdk.training.trainer import TrainConfig, Trainer, ema_update, lr_factor_by_time, r1_penalty  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def test_old_checkpoints_without_upsample_load_as_transposed_convs():
 
 
 def test_period2_share_of_known_patterns():
-    from training.spectrum import period2_share
+    from fexsdk.training.spectrum import period2_share
 
     checker = np.indices((8, 8)).sum(0) % 2 * 2.0 - 1  # +-1 checkerboard: all energy at (4, 4)
     assert period2_share(checker[None]) == pytest.approx(1.0)
@@ -55,7 +55,7 @@ def test_period2_share_of_known_patterns():
 
 def test_resize_conv_has_less_period2_energy_than_transposed_conv_at_init():
     """The checkerboard is a period-2 pattern: at init, transposed convs put energy there, resize-conv much less."""
-    from training.spectrum import period2_share
+    from fexsdk.training.spectrum import period2_share
 
     torch.manual_seed(0)
     x = torch.zeros(8, 1, 48, 48)
@@ -97,7 +97,7 @@ def test_ema_update_arithmetic():
 
 
 def test_ema_weights_differ_from_live_and_are_what_export_uses(tmp_path):
-    from export.onnx_export import export_onnx
+    from fexsdk.export.onnx_export import export_onnx
 
     t = Trainer(_cfg(tmp_path, max_steps=12))
     t.fit()
@@ -155,7 +155,7 @@ def test_time_schedule_decays_to_zero_at_the_limit():
 
 
 def test_precision_auto_and_bf16_warning(monkeypatch):
-    import training.trainer as tr
+    import fexsdk.training.trainer as tr
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(tr, "cpu_has_fast_bf16", lambda: False)
@@ -179,7 +179,7 @@ def test_gpu_script_tiny_cpu_run(tmp_path):
     raw = tmp_path / "fer.npz"
     np.savez(raw, images=images, labels=labels, usage=usage)
     packed = tmp_path / "packed.npz"
-    subprocess.run([sys.executable, "-m", "training.gpu_data", "pack", str(raw), str(packed)], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "-m", "fexsdk.training.gpu_data", "pack", str(raw), str(packed)], cwd=ROOT, check=True)
     out = tmp_path / "out"
     env = {**os.environ, "WORK": str(tmp_path / "work"), "OMP_NUM_THREADS": "1"}
     subprocess.run(["bash", "training/gpu_run.sh", str(packed), str(out), "0.1", "--tiny", "--threads", "1",

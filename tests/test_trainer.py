@@ -10,8 +10,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from training.checkpoint import generator_from_checkpoint, load_checkpoint  # noqa: E402
-from training.trainer import TrainConfig, Trainer, lr_factor  # noqa: E402
+from fexsdk.training.checkpoint import generator_from_checkpoint, load_checkpoint  # noqa: E402
+from fexsdk.training.trainer import TrainConfig, Trainer, lr_factor  # noqa: E402
 
 
 def _cfg(tmp_path, **kw):
@@ -167,7 +167,7 @@ def test_ddp_two_processes_gloo(tmp_path):
 @pytest.mark.slow
 def test_generator_follows_the_target_label(tmp_path):
     """The StarGAN trap: a generator that copies its input scores at chance with the oracle."""
-    from training.synthetic import make_synthetic, oracle_predict
+    from fexsdk.training.synthetic import make_synthetic, oracle_predict
 
     cfg = _cfg(tmp_path, synthetic=512, batch_size=16, n_critic=1, max_steps=300, ckpt_every=1000, lr_g=5e-4,
                lr_d=5e-4, decay_start=0.8, precision="bf16", threads=1)

@@ -71,8 +71,8 @@ def test_seeds(tr, scene):
     c = tr.apply(img, "angry", seed=6)
     assert np.array_equal(a, b)
     assert not np.array_equal(a, c)
-    d = tr.apply(img, "angry", noise=False)
-    e = tr.apply(img, "angry", noise=False, seed=123)
+    d = tr.apply(img, "angry", dropout=False)
+    e = tr.apply(img, "angry", dropout=False, seed=123)
     assert np.array_equal(d, e)
 
 
@@ -222,7 +222,9 @@ def test_cli_apply_and_grid(tiny_onnx, scene, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fexsdk.cli", "grid", str(src), "-o", str(grid), "--model",
                            str(tiny_onnx), "--cell", "64"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert cv2.imread(str(grid)).shape == (2 * 64, 8 * 64, 3)
+    from fexsdk.grid import HEADER_PX
+
+    assert cv2.imread(str(grid)).shape == (HEADER_PX + 2 * 64, 8 * 64, 3)  # a header row names the columns
     proc = subprocess.run([sys.executable, "-m", "fexsdk.cli", "apply", str(src), "-e", "bored", "-o", str(out),
                            "--model", str(tiny_onnx)], capture_output=True, text=True)
     assert proc.returncode == 2 and "valid emotions" in proc.stderr
@@ -244,7 +246,7 @@ def test_bundled_model_moves_real_faces_towards_the_target(fer_sample):
     """The shipped model on 100 PublicTest faces: the committed classifier must see the target
     emotion far more often than the 1/7 that copying the input scores."""
     pytest.importorskip("torch")
-    from training.classifier import load_classifier, predict, to_input
+    from fexsdk.training.classifier import load_classifier, predict, to_input
 
     clf = load_classifier(Path(__file__).resolve().parents[1] / "training" / "weights" / "resnet18_fer2013.safetensors")
     faces = fer_sample[0][:100]

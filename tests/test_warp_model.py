@@ -6,7 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from fexsdk.metadata import ModelMetadata  # noqa: E402
-from training.models import Generator, identity_grid, warp  # noqa: E402
+from fexsdk.training.models import Generator, identity_grid, warp  # noqa: E402
 
 
 def test_zero_flow_gives_back_the_input_at_48x48():
@@ -40,9 +40,9 @@ def test_a_constant_flow_shifts_by_the_expected_pixels_at_48x48():
 
 @pytest.mark.parametrize("paint", [True, False])
 def test_warp_generator_exports_all_outputs_with_parity(tmp_path, paint):
-    from export.onnx_export import export_onnx
-    from training.checkpoint import save_checkpoint
-    from training.models import config_dict
+    from fexsdk.export.onnx_export import export_onnx
+    from fexsdk.training.checkpoint import save_checkpoint
+    from fexsdk.training.models import config_dict
 
     G = Generator(conv_dim=8, n_res=1, output="warp", paint=paint, upsample="nearest",
                   dropout_at=["residual"], unet_skips=True, leaky_relu=True)

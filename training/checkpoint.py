@@ -2,6 +2,10 @@
 
 A checkpoint is a ``torch.save`` of plain tensors, numbers, strings and dicts;
 it is loaded with ``weights_only=True`` so a file cannot run code on load.
+
+A generator checkpoint carries its runtime metadata (``metadata``: the JSON of
+:class:`fexsdk.metadata.ModelMetadata`, written by :func:`save_checkpoint`), the same object
+the ONNX export writes into its file and the bundled model's card is made from.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ from typing import Any
 
 import torch
 
-from training.models import Generator, GeneratorConfig
+from fexsdk.emotions import EMOTIONS
+from fexsdk.metadata import ModelMetadata, NoiseSite
+from fexsdk.training.models import Generator, GeneratorConfig
 
 #: Bumped when the layout of a checkpoint changes.
 CHECKPOINT_VERSION = 1
@@ -24,6 +30,8 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
     """Write to a temp file in the same folder, then rename: a kill never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if "generator_config" in payload and "metadata" not in payload:
+        payload = {**payload, "metadata": metadata_from_checkpoint(payload).to_json()}
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -73,3 +81,41 @@ def generator_from_checkpoint(ckpt: dict[str, Any] | str | os.PathLike, ema: boo
     except RuntimeError as exc:
         raise ValueError(f"checkpoint weights do not fit its generator config: {exc}") from None
     return G
+
+
+def metadata_for(G: Generator, ckpt: dict[str, Any], precision: str = "fp32") -> ModelMetadata:
+    """The runtime metadata of a generator and its checkpoint's record (preset, domains, commit, step)."""
+    cfg = G.config
+    meta = ModelMetadata(
+        emotions=list(ckpt.get("emotions", EMOTIONS)),
+        image_size=cfg.image_size,
+        channels=cfg.in_channels,
+        preset=str(ckpt.get("preset", "")),
+        dropout_p=cfg.dropout_p if G.dropout_sites() else 0.0,
+        noise_sites=[NoiseSite(m.name, tuple(int(v) for v in m.shape)) for m in G.dropout_sites()],
+        domains=list(ckpt.get("domains", ["fer2013"])),
+        label_dim=cfg.label_dim,
+        training_commit=str(ckpt.get("commit", "")),
+        training_step=int(ckpt.get("step", 0)),
+        precision=precision,
+        outputs=["output", "flow", "residual", "mask"] if cfg.output == "warp" else ["output"],
+        generator_config=asdict(cfg),
+    )
+    meta.validate()
+    return meta
+
+
+def metadata_from_checkpoint(ckpt: dict[str, Any], precision: str = "fp32") -> ModelMetadata:
+    """The metadata a checkpoint carries; for checkpoints written before it did, rebuilt from its generator config."""
+    saved = ckpt.get("metadata")
+    if saved:
+        meta = ModelMetadata.from_json(saved)
+        # The step and commit of this very file (a slimmed or renamed copy keeps its own).
+        meta.training_step = int(ckpt.get("step", meta.training_step))
+        meta.precision = precision
+        return meta
+    # Building the generator draws its initial weights: keep the global RNG as it was, so that writing a
+    # checkpoint mid-run does not change the run (exact resume).
+    with torch.random.fork_rng(devices=[]):
+        G = Generator(**generator_config(ckpt))
+    return metadata_for(G, ckpt, precision)

@@ -23,9 +23,10 @@ from torch import nn
 from tqdm import tqdm
 
 from fexsdk.emotions import EMOTIONS, NUM_EMOTIONS
-from training.checkpoint import save_checkpoint
-from training.data import FaceDataset, load_dataset
-from training.logs import ScalarLog
+from fexsdk.metadata import normalize
+from fexsdk.training.checkpoint import save_checkpoint
+from fexsdk.training.data import FaceDataset, load_dataset
+from fexsdk.training.logs import ScalarLog
 
 
 class BasicBlock(nn.Module):
@@ -120,7 +121,7 @@ def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 def to_input(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, C, H, W) -> float in [-1, 1], the same normalisation as the generator's."""
-    return torch.from_numpy(np.ascontiguousarray(images)).float() / 127.5 - 1.0
+    return normalize(torch.from_numpy(np.ascontiguousarray(images)).float())
 
 
 @torch.no_grad()
@@ -236,6 +237,25 @@ def export_classifier(checkpoint: str | Path, output: str | Path, card: dict) ->
     save_file(tensors, str(output), metadata=meta)
     output.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     return output
+
+
+def export_classifier_with_card(checkpoint: str | Path, output: str | Path, data: str | Path | None = None) -> tuple[Path, dict]:
+    """``fex export classifier``: fp16 safetensors and its card; with ``data``, the card records the
+    PublicTest accuracy, per class accuracy and confusion of the exported (fp16) classifier."""
+    from fexsdk.training.data import load_dataset
+    from fexsdk.training.evaluate import evaluate
+    from fexsdk.training.trainer import git_commit
+
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    card = {"architecture": "ResNet18, 3x3 stride-2 stem, no max-pool, 48x48 gray", "epoch": ckpt.get("epoch"),
+            "train_config": ckpt.get("train_config"), "commit": git_commit(), "source_checkpoint": str(checkpoint)}
+    path = export_classifier(checkpoint, output, card)
+    if data:
+        result = evaluate(load_dataset(data, "public"), load_classifier(path), None, progress=False)
+        card.update(data=str(data), split="PublicTest", accuracy=result.accuracy_real,
+                    per_class_accuracy=result.per_class_real, confusion=result.confusion_real)
+        path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    return path, card
 
 
 def load_classifier(path: str | Path) -> ResNet18:

@@ -18,9 +18,9 @@ import torch
 
 from fexsdk.backends import load_backend
 from fexsdk.emotions import EMOTIONS, NUM_EMOTIONS
-from fexsdk.noise import draw_noise
-from training.classifier import ResNet18, confusion, load_classifier, predict, predict_with_features, to_input
-from training.data import FaceDataset
+from fexsdk.noise import noise_for
+from fexsdk.training.classifier import ResNet18, confusion, load_classifier, predict, predict_with_features, to_input
+from fexsdk.training.data import FaceDataset
 
 #: Table 2's row order, by preset name; other names follow alphabetically.
 TABLE2_ORDER = ("real", "stargan", "perceptual", "perceptual-skip", "dropout", "skip", "skip-dropout")
@@ -75,16 +75,19 @@ class EvalResult:
     identity_cycle_l1: Optional[float] = None
 
 
-def _run(backend, x: np.ndarray, emotions: np.ndarray, seed: int, batch: int = 256) -> np.ndarray:
-    """Generator outputs for float images in [-1, 1] and per-image target indices (seeded noise)."""
+def generated(backend, x: np.ndarray, emotions: np.ndarray, seed: int, batch: int = 256) -> np.ndarray:
+    """Generator outputs for images in the model's space and per-image target indices.
+
+    Image i of the test set is face i for the noise (:func:`fexsdk.noise.noise_for`), so with the same
+    seed it gets the output ``Transfer`` gives face i of a call and ``fex demo`` gives track i.
+    """
     meta = backend.meta
     out = np.empty_like(x)
     for i in range(0, len(x), batch):
         sl = slice(i, i + batch)
         n = len(x[sl])
         labels = meta.label_for(np.eye(NUM_EMOTIONS, dtype=np.float32)[emotions[sl]])
-        noise = draw_noise(meta, n, seed=[np.random.SeedSequence([seed, i + j]) for j in range(n)])
-        out[sl] = backend.run(x[sl], labels, noise)
+        out[sl] = backend.run(x[sl], labels, noise_for(meta, seed, range(i, i + n)))
     return out
 
 
@@ -131,7 +134,7 @@ def evaluate(data: FaceDataset, classifier: ResNet18, generator: Optional[str] =
         trg_all, pred_all = [], []
         for k in range(NUM_EMOTIONS):
             trg = np.full(len(labels), k)
-            fake = _run(backend, xn, trg, seed * 100 + k)
+            fake = generated(backend, xn, trg, seed)
             if s_i == 0:  # realism from the first seed's images
                 logits, feats = predict_with_features(classifier, torch.from_numpy(fake))
                 fake_feats.append(feats)
@@ -142,14 +145,14 @@ def evaluate(data: FaceDataset, classifier: ResNet18, generator: Optional[str] =
             trg_all.append(trg)
             pred_all.append(preds)
             if s_i == 0:
-                rec = _run(backend, fake, labels, seed * 100 + k + 50)
+                rec = generated(backend, fake, labels, seed)
                 cycle_l1.append(np.abs(rec - xn).mean() / 2)
             bar.update(1)
         trg_all, pred_all = np.concatenate(trg_all), np.concatenate(pred_all)
         accs.append(accuracy(trg_all, pred_all))
         all_trg.append(trg_all)
         all_pred.append(pred_all)
-        self_l1.append(np.abs(_run(backend, xn, labels, seed * 100 + 99) - xn).mean() / 2)
+        self_l1.append(np.abs(generated(backend, xn, labels, seed) - xn).mean() / 2)
     bar.close()
     trg_cat, pred_cat = np.concatenate(all_trg), np.concatenate(all_pred)
     feats, ftrg = np.concatenate(fake_feats), np.concatenate(fake_trg)

@@ -6,8 +6,8 @@ mosaic: about 26 MB, mean error ~2 grey levels) and PublicTest losslessly, so th
 evaluation on the device scores the exact test images. ``unpack`` writes an ordinary
 ``.npz`` (images, labels, usage) that ``fex train`` and ``fex eval`` read.
 
-    python -m training.gpu_data pack ../shared/data/fer2013.npz .gpudata/fer2013_packed.npz
-    python -m training.gpu_data unpack .gpudata/fer2013_packed.npz /tmp/fer2013.npz
+    python -m fexsdk.training.gpu_data pack ../shared/data/fer2013.npz .gpudata/fer2013_packed.npz
+    python -m fexsdk.training.gpu_data unpack .gpudata/fer2013_packed.npz /tmp/fer2013.npz
 """
 
 from __future__ import annotations

@@ -12,11 +12,11 @@ PyTorch installed. This script needs nothing else from the repository's extras:
 
 Try it on the CPU first with ``--tiny`` (the tiny preset, seconds per run)::
 
-    python -m training.gpu_run --tiny --data ../shared/data/fer2013.npz --out runs/gpu-tiny
+    python -m fexsdk.training.gpu_run --tiny --data ../shared/data/fer2013.npz --out runs/gpu-tiny
 
 On the GPU (``bash training/gpu_run.sh`` does this and packs OUT for the trip back)::
 
-    python -m training.gpu_run --data .gpudata/fer2013_packed.npz --minutes 6 --out $OUT/gpu
+    python -m fexsdk.training.gpu_run --data .gpudata/fer2013_packed.npz --minutes 6 --out $OUT/gpu
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def _median_rate(scalars: Path, key: str) -> float:
 
 def slim_checkpoint(src: Path, dst: Path, half: bool) -> None:
     """Keep what export and evaluation need (configs and the EMA generator), drop D and the optimizers."""
-    from training.checkpoint import load_checkpoint, save_checkpoint
+    from fexsdk.training.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(src)
     weights = ckpt.get("G_ema") or ckpt["G"]
@@ -96,7 +96,7 @@ def slim_checkpoint(src: Path, dst: Path, half: bool) -> None:
 @torch.no_grad()
 def time_generators(ckpts: dict[str, Path], device: str) -> list[dict]:
     """PyTorch eager latency of each generator (EMA weights), fp32 and bf16 autocast, a few batch sizes."""
-    from training.checkpoint import generator_from_checkpoint
+    from fexsdk.training.checkpoint import generator_from_checkpoint
 
     rows = []
     for name, path in ckpts.items():
@@ -145,7 +145,7 @@ def markdown(summary: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Train, evaluate and time several runs side by side on one GPU.")
-    p.add_argument("--data", required=True, help="fer2013.npz, or the packed file from `python -m training.gpu_data pack`")
+    p.add_argument("--data", required=True, help="fer2013.npz, or the packed file from `python -m fexsdk.training.gpu_data pack`")
     p.add_argument("--classifier", default="training/weights/resnet18_fer2013.safetensors")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--minutes", type=float, default=6.0, help="training wall-clock per run (all runs at once)")
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
 
     data = Path(a.data)
     if "train_mosaic_0" in np.load(data).files:
-        from training.gpu_data import unpack
+        from fexsdk.training.gpu_data import unpack
 
         unpacked = a.out / "data" / "fer2013.npz"
         unpack(data, unpacked)
@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         row = asdict(r)
         run_dir = a.out / "runs" / r.name
         if r.name not in failed and (run_dir / "last.pt").exists():
-            from training.checkpoint import load_checkpoint
+            from fexsdk.training.checkpoint import load_checkpoint
 
             ck = load_checkpoint(run_dir / "last.pt")
             row.update(steps=int(ck["step"]), g_updates=int(ck.get("g_updates", 0)), epochs=float(ck["epoch"]),

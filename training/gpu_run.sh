@@ -2,7 +2,7 @@
 # One leased-GPU call: train + evaluate + time (training/gpu_run.py), then pack the results so that
 # they come back through the device's file limits (at most 8 files of 16 MiB).
 #
-# Here, once:   python -m training.gpu_data pack ../shared/data/fer2013.npz .gpudata/fer2013_packed.npz
+# Here, once:   python -m fexsdk.training.gpu_data pack ../shared/data/fer2013.npz .gpudata/fer2013_packed.npz
 # On the GPU:   bash training/gpu_run.sh .gpudata/fer2013_packed.npz "$OUT" 6      (carry .gpudata)
 # Back here:    cat OUT/gpu.tar.part-* | tar x -C runs/     -> runs/gpu/{summary.md,weights/,eval/,runs/}
 set -euo pipefail
@@ -16,7 +16,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 rc=0
 # The call has 10 minutes: the evaluations are cut at DEADLINE s so that packing always happens.
 DEADLINE=${DEADLINE:-0}
-python3 -m training.gpu_run --data "$DATA" --out "$WORK/gpu" --minutes "$MINUTES" --deadline "$DEADLINE" "$@" || rc=$?
+python3 -m fexsdk.training.gpu_run --data "$DATA" --out "$WORK/gpu" --minutes "$MINUTES" --deadline "$DEADLINE" "$@" || rc=$?
 mkdir -p "$DEST"
 cp "$WORK/gpu/summary.md" "$DEST/" 2>/dev/null || true
 # Everything but the full checkpoints (D and optimizers) and the unpacked data.

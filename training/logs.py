@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from fexsdk.metadata import denormalize
+
 
 class ScalarLog:
     """Appends one row of scalars per call to ``scalars.csv``; mirrors to TensorBoard if available."""
@@ -86,22 +88,22 @@ def plot_losses(csv_path: str | os.PathLike, png_path: str | os.PathLike) -> Non
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
     """Model space [-1, 1] (N, C, H, W) -> uint8 (N, H, W, C)."""
-    x = np.clip((np.asarray(images, np.float32) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    x = np.clip(denormalize(np.asarray(images, np.float32)) + 0.5, 0, 255).astype(np.uint8)
     return x.transpose(0, 2, 3, 1)
 
 
-def save_grid(rows: list[np.ndarray], path: str | os.PathLike, scale: int = 2) -> None:
-    """Save a grid: each entry of ``rows`` is one column of images (N, C, H, W) in [-1, 1].
-
-    Used for sample grids: column 0 the inputs, then one column per target emotion.
+def save_grid(columns: list[np.ndarray], path: str | os.PathLike, scale: int = 2) -> None:
+    """Save a grid (fexsdk.grid.image_grid): each entry of ``columns`` is one column of images (N, C, H, W)
+    in the model's space. Used for sample grids: column 0 the inputs, then one column per target emotion.
     """
     import cv2
 
-    cols = [to_uint8(c) for c in rows]
-    n, h, w, ch = cols[0].shape
-    grid = np.concatenate([np.concatenate(list(col), axis=0) for col in cols], axis=1)
-    if ch == 3:
-        grid = grid[..., ::-1]  # RGB -> BGR for OpenCV
-    grid = cv2.resize(grid, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
+    from fexsdk.grid import image_grid
+
+    cols = [to_uint8(c) for c in columns]
+    if cols[0].shape[-1] == 3:
+        cols = [c[..., ::-1] for c in cols]  # RGB -> BGR for OpenCV
+    else:
+        cols = [c[..., 0] for c in cols]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(path), grid)
+    cv2.imwrite(str(path), image_grid(cols, scale=scale))

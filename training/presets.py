@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from training.models import GeneratorConfig
+from fexsdk.training.models import GeneratorConfig
 
 
 #: Adversarial losses the trainer implements (see LossConfig.adversarial).

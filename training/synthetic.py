@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from fexsdk.emotions import NUM_EMOTIONS
-from training.data import FaceDataset
+from fexsdk.training.data import FaceDataset
 
 
 def _bar_rows(size: int, label: int) -> slice:

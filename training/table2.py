@@ -1,6 +1,6 @@
 """Reproduce the report's Table 2: train each of its generators with the same budget, evaluate each.
 
-    python -m training.table2 --data ../shared/data/fer2013.npz --classifier CLS.safetensors \\
+    python -m fexsdk.training.table2 --data ../shared/data/fer2013.npz --classifier CLS.safetensors \\
         --out runs/table2 --epochs 2 --precision bf16 [--presets stargan skip-dropout] [--resume]
         [--conv-dim 32 --n-res 3]   # the CPU-sized budget
 
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from training.classifier import load_classifier
-from training.data import load_dataset
-from training.evaluate import TABLE2_ORDER, evaluate, markdown_table, read_results, write_results
-from training.trainer import TrainConfig, Trainer
+from fexsdk.training.classifier import load_classifier
+from fexsdk.training.data import load_dataset
+from fexsdk.training.evaluate import TABLE2_ORDER, evaluate, markdown_table, read_results, write_results
+from fexsdk.training.trainer import TrainConfig, Trainer
 
 TABLE2_PRESETS = [p for p in TABLE2_ORDER if p != "real"]
 

@@ -23,11 +23,12 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fexsdk.emotions import EMOTIONS, NUM_EMOTIONS
-from training.checkpoint import generator_config, load_checkpoint, save_checkpoint
-from training.data import FaceDataset, load_dataset, load_image_folder, load_training_data
-from training.logs import ScalarLog, plot_losses, save_grid
-from training.models import Discriminator, Generator, config_dict
-from training.presets import LossConfig, get_preset
+from fexsdk.metadata import label_dim_for, label_layout, normalize
+from fexsdk.training.checkpoint import generator_config, load_checkpoint, save_checkpoint
+from fexsdk.training.data import FaceDataset, load_dataset, load_image_folder, load_training_data
+from fexsdk.training.logs import ScalarLog, plot_losses, save_grid
+from fexsdk.training.models import Discriminator, Generator, config_dict
+from fexsdk.training.presets import LossConfig, get_preset
 
 
 @dataclass
@@ -115,7 +116,7 @@ class TrainConfig:
             raise ValueError(f"decay_start must be in [0, 1], got {self.decay_start}")
         if self.data is None and self.synthetic <= 0:
             raise ValueError("give --data PATH (FER2013 csv, folder or npz) or --synthetic N")
-        from training.run_checks import check_run_config
+        from fexsdk.training.run_checks import check_run_config
 
         check_run_config(self)  # epochs, steps, the output folder
 
@@ -187,21 +188,16 @@ class DomainStream:
             self._perm_epoch = epoch
         start = (pos * self.world + self.rank) * self.batch
         idx = torch.from_numpy(self._perm[start : start + self.batch])
-        x = self.images[idx].float() / 127.5 - 1.0
+        x = normalize(self.images[idx].float())
         flip = torch.rand(x.size(0)) < 0.5  # StarGAN's horizontal-flip augmentation
         x = torch.where(flip[:, None, None, None], x.flip(-1), x)
         return x, self.labels[idx]
 
 
 def domain_label(emotions: torch.Tensor, domain: int, n_domains: int) -> torch.Tensor:
-    """Generator label: one-hot emotions, or StarGAN's [emotions per domain..., domain mask] for several domains."""
-    onehot = F.one_hot(emotions, NUM_EMOTIONS).float()
-    if n_domains == 1:
-        return onehot
-    out = torch.zeros(emotions.size(0), NUM_EMOTIONS * n_domains + n_domains)
-    out[:, domain * NUM_EMOTIONS : (domain + 1) * NUM_EMOTIONS] = onehot
-    out[:, NUM_EMOTIONS * n_domains + domain] = 1.0
-    return out
+    """Generator label from emotion indices: the runtime's layout (fexsdk.metadata.label_layout)."""
+    onehot = F.one_hot(emotions.cpu(), NUM_EMOTIONS).float().numpy()
+    return torch.from_numpy(label_layout(onehot, domain, n_domains))
 
 
 def gradient_penalty(D: Discriminator, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
@@ -270,7 +266,7 @@ class Trainer:
 
         self.domains, self.val = self._load_data()
         self.n_domains = len(self.domains)
-        label_dim = NUM_EMOTIONS * self.n_domains + (self.n_domains if self.n_domains > 1 else 0)
+        label_dim = label_dim_for(NUM_EMOTIONS, self.n_domains)
 
         torch.manual_seed(cfg.seed)
         gcfg = asdict(preset.generator)
@@ -309,7 +305,7 @@ class Trainer:
     def _load_data(self) -> tuple[list[FaceDataset], FaceDataset]:
         cfg = self.cfg
         if cfg.synthetic > 0:
-            from training.synthetic import make_synthetic
+            from fexsdk.training.synthetic import make_synthetic
 
             train = make_synthetic(cfg.synthetic, cfg.image_size, cfg.channels, seed=cfg.seed, name="synthetic")
             val = make_synthetic(64, cfg.image_size, cfg.channels, seed=cfg.seed + 1, name="synthetic")
@@ -498,7 +494,7 @@ class Trainer:
         """
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1234)
-            x = torch.from_numpy(self.val.images).float().to(self.device) / 127.5 - 1
+            x = normalize(torch.from_numpy(self.val.images).float().to(self.device))
             lab = torch.from_numpy(self.val.labels).to(self.device)
             trg = (lab + 1 + torch.randint(0, NUM_EMOTIONS - 1, lab.shape, device=self.device)) % NUM_EMOTIONS
             G = self.sampler
@@ -513,7 +509,7 @@ class Trainer:
         """Input column + one column per emotion (per domain when there are several), fixed noise."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            x = torch.from_numpy(self.val.images[:n]).float().to(self.device) / 127.5 - 1
+            x = normalize(torch.from_numpy(self.val.images[:n]).float().to(self.device))
             cols = [x.cpu().numpy()]
             for d in range(self.n_domains):
                 for k in range(NUM_EMOTIONS):

@@ -1,6 +1,6 @@
 """INT8 static quantization of an fexsdk ONNX generator for onnxruntime on the CPU.
 
-    from fexsdk.quantize import quantize_onnx
+    from fexsdk.export.quantize import quantize_onnx
     report = quantize_onnx("model.onnx", "model.int8.onnx", faces)   # faces: uint8 (N, 48, 48)
     Transfer("model.int8.onnx")                                        # loads like any fexsdk model
 
@@ -24,8 +24,8 @@ The fexsdk metadata (``metadata_props['fexsdk']``) is carried over with
 ``precision`` set to ``"int8"``; how it was quantized is recorded under the
 ``fexsdk.quantization`` key.
 
-Calibration runs the generator with its test-time dropout on (seeded noise), as
-the runtime does by default, and with the target emotions cycled over the crops.
+Calibration runs the generator with its test-time dropout on, with the noise the
+runtime gives crop i under the seed (:func:`fexsdk.noise.noise_for`), and with the target emotions cycled over the crops.
 Needs the ``onnx`` package (the [train] extra) besides onnxruntime.
 """
 
@@ -41,8 +41,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from fexsdk._extras import require
-from fexsdk.metadata import ONNX_KEY, ModelMetadata
-from fexsdk.noise import draw_noise
+from fexsdk.metadata import ONNX_KEY, ModelMetadata, from_props
+from fexsdk.noise import noise_for
 
 __all__ = ["QUANT_KEY", "QuantizeReport", "quantize_onnx"]
 
@@ -73,20 +73,18 @@ def _model_crops(crops, meta: ModelMetadata) -> np.ndarray:
     if len(arr) == 0:
         raise ValueError("quantization needs at least one calibration crop")
     if arr.dtype == np.uint8:
-        return arr.astype(np.float32) / 127.5 - 1.0
+        return meta.to_model(arr)
     if not np.issubdtype(arr.dtype, np.floating):
         raise ValueError(f"calibration crops must be uint8 pixels or floats in [-1, 1], got {arr.dtype}")
     x = arr.astype(np.float32)
     if not np.isfinite(x).all() or x.min() < -1.0001 or x.max() > 1.0001:
-        raise ValueError("float calibration crops must be finite and in the model's [-1, 1] range (pixel / 127.5 - 1)")
+        raise ValueError("float calibration crops must be finite and in the model's [-1, 1] range ({meta.normalization})")
     return x
 
 
 def _read_meta(model) -> tuple[ModelMetadata, dict[str, str]]:
     props = {p.key: p.value for p in model.metadata_props}
-    if ONNX_KEY not in props:
-        raise ValueError("the model has no fexsdk metadata; export it with `fex export onnx` first")
-    return ModelMetadata.from_json(props[ONNX_KEY]), props
+    return from_props(props), props
 
 
 def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calibration_crops, *, batch_size: int = 16,
@@ -121,7 +119,7 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calibration_cr
     n = len(x)
     k = len(meta.emotions)
     labels = meta.label_for(np.eye(k, dtype=np.float32)[np.arange(n) % k])
-    noise = draw_noise(meta, n, seed=seed)
+    noise = noise_for(meta, seed, range(n))
 
     class _Reader(ort_quant.CalibrationDataReader):
         def __init__(self) -> None:
