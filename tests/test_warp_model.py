@@ -38,6 +38,33 @@ def test_a_constant_flow_shifts_by_the_expected_pixels_at_48x48():
     assert cols.min().item() == 16 and cols.max().item() == 19
 
 
+def test_control_grid_flow_is_bounded_smooth_and_fold_free():
+    """flow_grid: the flow is the bilinear upsampling of a k x k grid, so the warp cannot fold."""
+    G = Generator(conv_dim=8, n_res=1, output="warp", paint=False, upsample="nearest", flow_grid=6, max_flow=0.16)
+    with torch.no_grad():
+        G.head.weight.normal_(0, 50.0)  # saturate tanh: neighbouring control points at +-max_flow
+        p = G.forward_parts(torch.rand(4, 1, 48, 48) * 2 - 1, torch.eye(7)[:4])
+    flow_px = p.flow * 24
+    assert float(flow_px.abs().max()) <= 0.16 * 24 + 1e-4
+    assert float(flow_px.abs().max()) > 0.5 * 0.16 * 24  # it does move
+    # Sampling positions x + flow_x must increase along x (and y + flow_y along y): no folding.
+    assert float((1 + flow_px[:, 0, :, 1:] - flow_px[:, 0, :, :-1]).min()) > 0
+    assert float((1 + flow_px[:, 1, 1:, :] - flow_px[:, 1, :-1, :]).min()) > 0
+    # At most one bend every 8 px: second differences vanish inside each control cell's half.
+    per_pixel = Generator(conv_dim=8, n_res=1, output="warp", paint=False, upsample="nearest")
+    per_pixel.load_state_dict(G.state_dict())
+    with torch.no_grad():
+        raw = per_pixel.forward_parts(torch.rand(4, 1, 48, 48) * 2 - 1, torch.eye(7)[:4]).flow
+    assert float((raw[..., 1:] - raw[..., :-1]).abs().mean()) > float((p.flow[..., 1:] - p.flow[..., :-1]).abs().mean())
+
+
+def test_flow_grid_must_divide_the_image_size():
+    with pytest.raises(ValueError, match="flow_grid must be 0 or divide"):
+        Generator(conv_dim=8, n_res=1, output="warp", flow_grid=5)
+    with pytest.raises(ValueError, match="max_flow must be in"):
+        Generator(conv_dim=8, n_res=1, output="warp", max_flow=0.0)
+
+
 @pytest.mark.parametrize("paint", [True, False])
 def test_warp_generator_exports_all_outputs_with_parity(tmp_path, paint):
     from fexsdk.export.onnx_export import export_onnx
@@ -45,7 +72,7 @@ def test_warp_generator_exports_all_outputs_with_parity(tmp_path, paint):
     from fexsdk.training.models import config_dict
 
     G = Generator(conv_dim=8, n_res=1, output="warp", paint=paint, upsample="nearest",
-                  dropout_at=["residual"], unet_skips=True, leaky_relu=True)
+                  dropout_at=["residual"], unet_skips=True, leaky_relu=True, flow_grid=0 if paint else 6)
     ckpt = tmp_path / "warp.pt"
     save_checkpoint(ckpt, {"generator_config": config_dict(G), "G": G.state_dict(), "preset": "test-warp"})
     report = export_onnx(ckpt, tmp_path / "warp.onnx")

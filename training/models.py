@@ -55,6 +55,12 @@ class GeneratorConfig:
     #: Warp heads only: also paint a masked residual (False: the output is the warped input alone,
     #: so every change is a movement of the face's own pixels and nothing can be painted on).
     paint: bool = True
+    #: Warp heads only: largest displacement, in grid units ([-1, 1] spans the image).
+    max_flow: float = MAX_FLOW
+    #: Warp heads only: 0 = one displacement per pixel; k = the flow is averaged onto a k x k grid of
+    #: control points and bilinearly interpolated back, so it is smooth by construction and cannot
+    #: fold while max_flow stays under half the control spacing, i.e. under 1 / k.
+    flow_grid: int = 0
 
     @classmethod
     def from_saved(cls, saved: dict) -> "GeneratorConfig":
@@ -66,6 +72,10 @@ class GeneratorConfig:
             raise ValueError(f"unknown upsample {self.upsample!r}; allowed: {UPSAMPLE_MODES}")
         if self.output not in OUTPUT_MODES:
             raise ValueError(f"unknown output {self.output!r}; allowed: {OUTPUT_MODES}")
+        if self.flow_grid < 0 or (self.flow_grid and self.image_size % self.flow_grid):
+            raise ValueError(f"flow_grid must be 0 or divide image_size {self.image_size}, got {self.flow_grid}")
+        if not 0.0 < self.max_flow <= 1.0:
+            raise ValueError(f"max_flow must be in (0, 1] (grid units), got {self.max_flow}")
         if self.output == "warp" and self.input_skip:
             raise ValueError("input_skip applies to output='image' only: a warp head starts from the input by design")
         bad = [p for p in self.dropout_at if p not in DROPOUT_POSITIONS]
@@ -226,7 +236,7 @@ class Generator(nn.Module):
             raise ValueError("forward_parts needs a generator with output='warp'")
         raw = self.head(self._features(x, label, noise)).float()
         c = self.config.in_channels
-        flow = MAX_FLOW * torch.tanh(raw[:, :2])
+        flow = self._flow(raw[:, :2])
         warped = warp(x.float(), flow, self.grid)
         if not self.config.paint:
             zeros = torch.zeros_like(warped)
@@ -235,6 +245,14 @@ class Generator(nn.Module):
         mask = torch.sigmoid(raw[:, 2 + c :])
         residual = mask * (painted - warped)
         return WarpOutput(warped + residual, flow, residual, mask)
+
+    def _flow(self, raw: torch.Tensor) -> torch.Tensor:
+        """Bound the head's two flow channels to max_flow; on a control grid when flow_grid is set."""
+        cfg = self.config
+        if not cfg.flow_grid:
+            return cfg.max_flow * torch.tanh(raw)
+        coarse = cfg.max_flow * torch.tanh(F.avg_pool2d(raw, cfg.image_size // cfg.flow_grid))
+        return F.interpolate(coarse, size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False)
 
     def _features(self, x: torch.Tensor, label: torch.Tensor, noise: Optional[torch.Tensor]) -> torch.Tensor:
         masks = self.unpack_noise(noise)
