@@ -7,7 +7,8 @@
 
 Backends, each timed where it is available and otherwise listed as skipped with the reason:
 
-    torch-cpu         PyTorch eager on the CPU (needs torch and a checkpoint)
+    torch-cpu         PyTorch eager on the CPU (needs torch; the weights come from --checkpoint or,
+                      by default, from the ONNX model's own initializers: the same model)
     torch-cuda        PyTorch eager on the GPU
     torch-cuda-graph  the same model replayed as one CUDA graph per batch size
     ort-cpu           onnxruntime, CPU, float32

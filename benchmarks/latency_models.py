@@ -137,7 +137,25 @@ def resolve_models(args, tmp: Path) -> Models:
         model = DEFAULT_MODEL
     if model.suffix.lower() != ".onnx":
         raise SystemExit(f"--model takes an .onnx file or a training checkpoint (.pt), got {model}")
-    return Models(model, ckpt, str(model))
+    notes: list[str] = []
+    if ckpt is None:
+        ckpt, note = checkpoint_beside_onnx(model, tmp)
+        notes += [note] if note else []
+    return Models(model, ckpt, str(model), notes)
+
+
+def checkpoint_beside_onnx(model: Path, tmp: Path) -> tuple[Optional[Path], Optional[str]]:
+    """The PyTorch rows' checkpoint, rebuilt from the ONNX file's own weights (the same model, exactly)."""
+    try:
+        from fexsdk.training.checkpoint import checkpoint_from_onnx, save_checkpoint
+    except ImportError as exc:
+        return None, f"PyTorch rows need the [train] extra ({exc})"
+    try:
+        path = tmp / (model.stem + "-from-onnx.pt")
+        save_checkpoint(path, checkpoint_from_onnx(model))
+        return path, None
+    except ValueError as exc:
+        return None, f"PyTorch rows skipped: {exc}"
 
 
 def onnx_metadata(path: Path) -> ModelMetadata:

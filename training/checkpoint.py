@@ -119,3 +119,31 @@ def metadata_from_checkpoint(ckpt: dict[str, Any], precision: str = "fp32") -> M
     with torch.random.fork_rng(devices=[]):
         G = Generator(**generator_config(ckpt))
     return metadata_for(G, ckpt, precision)
+
+
+def checkpoint_from_onnx(path: str | os.PathLike) -> dict[str, Any]:
+    """A slim checkpoint rebuilt from an exported ONNX file: its generator config and its weights.
+
+    The exporter keeps PyTorch's parameter names (``G.<name>``) on the initializers and writes the
+    generator config into the metadata, so the PyTorch model of any exported file (the bundled one
+    included) can be rebuilt exactly, e.g. for the PyTorch eager rows of ``benchmarks/latency.py``.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    from fexsdk.metadata import read_metadata
+
+    meta = read_metadata(path)
+    if not meta.generator_config:
+        raise ValueError(f"{path} has no generator_config in its metadata; re-export it with `fex export onnx`")
+    G = Generator(**asdict(GeneratorConfig.from_saved(meta.generator_config)))
+    wanted = G.state_dict()
+    found = {init.name[2:]: init for init in onnx.load(str(path)).graph.initializer if init.name.startswith("G.")}
+    missing = sorted(set(wanted) - set(found))
+    if missing:
+        raise ValueError(f"{path} lacks the weights {missing[:4]}{'...' if len(missing) > 4 else ''}; "
+                         "was it exported by `fex export onnx` without graph optimisation?")
+    weights = {k: torch.from_numpy(numpy_helper.to_array(found[k]).copy()) for k in wanted}
+    return {"checkpoint_version": CHECKPOINT_VERSION, "generator_config": asdict(G.config), "G": weights,
+            "preset": meta.preset, "emotions": list(meta.emotions), "domains": list(meta.domains),
+            "step": meta.training_step, "commit": meta.training_commit, "metadata": meta.to_json(), "slim": True}
