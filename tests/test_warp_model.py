@@ -39,8 +39,8 @@ def test_a_constant_flow_shifts_by_the_expected_pixels_at_48x48():
 
 
 def test_control_grid_flow_is_bounded_smooth_and_fold_free():
-    """flow_grid: the flow is the bilinear upsampling of a k x k grid, so the warp cannot fold."""
-    G = Generator(conv_dim=8, n_res=1, output="warp", paint=False, upsample="nearest", flow_grid=6, max_flow=0.16)
+    """flow_cell: the flow is the bilinear upsampling of a k x k grid, so the warp cannot fold."""
+    G = Generator(conv_dim=8, n_res=1, output="warp", paint=False, upsample="nearest", flow_cell=8, max_flow=0.16)
     with torch.no_grad():
         G.head.weight.normal_(0, 50.0)  # saturate tanh: neighbouring control points at +-max_flow
         p = G.forward_parts(torch.rand(4, 1, 48, 48) * 2 - 1, torch.eye(7)[:4])
@@ -58,9 +58,9 @@ def test_control_grid_flow_is_bounded_smooth_and_fold_free():
     assert float((raw[..., 1:] - raw[..., :-1]).abs().mean()) > float((p.flow[..., 1:] - p.flow[..., :-1]).abs().mean())
 
 
-def test_flow_grid_must_divide_the_image_size():
-    with pytest.raises(ValueError, match="flow_grid must be 0 or divide"):
-        Generator(conv_dim=8, n_res=1, output="warp", flow_grid=5)
+def test_flow_cell_must_divide_the_image_size():
+    with pytest.raises(ValueError, match="flow_cell must be 0 or divide"):
+        Generator(conv_dim=8, n_res=1, output="warp", flow_cell=5)
     with pytest.raises(ValueError, match="max_flow must be in"):
         Generator(conv_dim=8, n_res=1, output="warp", max_flow=0.0)
 
@@ -72,7 +72,7 @@ def test_warp_generator_exports_all_outputs_with_parity(tmp_path, paint):
     from fexsdk.training.models import config_dict
 
     G = Generator(conv_dim=8, n_res=1, output="warp", paint=paint, upsample="nearest",
-                  dropout_at=["residual"], unet_skips=True, leaky_relu=True, flow_grid=0 if paint else 6)
+                  dropout_at=["residual"], unet_skips=True, leaky_relu=True, flow_cell=0 if paint else 8)
     ckpt = tmp_path / "warp.pt"
     save_checkpoint(ckpt, {"generator_config": config_dict(G), "G": G.state_dict(), "preset": "test-warp"})
     report = export_onnx(ckpt, tmp_path / "warp.onnx")

@@ -57,10 +57,10 @@ class GeneratorConfig:
     paint: bool = True
     #: Warp heads only: largest displacement, in grid units ([-1, 1] spans the image).
     max_flow: float = MAX_FLOW
-    #: Warp heads only: 0 = one displacement per pixel; k = the flow is averaged onto a k x k grid of
+    #: Warp heads only: 0 = one displacement per pixel; c = the flow is averaged over c x c cells of
     #: control points and bilinearly interpolated back, so it is smooth by construction and cannot
-    #: fold while max_flow stays under half the control spacing, i.e. under 1 / k.
-    flow_grid: int = 0
+    #: fold while neighbouring control points cannot cross: max_flow < c / image_size.
+    flow_cell: int = 0
 
     @classmethod
     def from_saved(cls, saved: dict) -> "GeneratorConfig":
@@ -72,8 +72,8 @@ class GeneratorConfig:
             raise ValueError(f"unknown upsample {self.upsample!r}; allowed: {UPSAMPLE_MODES}")
         if self.output not in OUTPUT_MODES:
             raise ValueError(f"unknown output {self.output!r}; allowed: {OUTPUT_MODES}")
-        if self.flow_grid < 0 or (self.flow_grid and self.image_size % self.flow_grid):
-            raise ValueError(f"flow_grid must be 0 or divide image_size {self.image_size}, got {self.flow_grid}")
+        if self.flow_cell < 0 or (self.flow_cell and self.image_size % self.flow_cell):
+            raise ValueError(f"flow_cell must be 0 or divide image_size {self.image_size}, got {self.flow_cell}")
         if not 0.0 < self.max_flow <= 1.0:
             raise ValueError(f"max_flow must be in (0, 1] (grid units), got {self.max_flow}")
         if self.output == "warp" and self.input_skip:
@@ -247,11 +247,11 @@ class Generator(nn.Module):
         return WarpOutput(warped + residual, flow, residual, mask)
 
     def _flow(self, raw: torch.Tensor) -> torch.Tensor:
-        """Bound the head's two flow channels to max_flow; on a control grid when flow_grid is set."""
+        """Bound the head's two flow channels to max_flow; on a grid of control points when flow_cell is set."""
         cfg = self.config
-        if not cfg.flow_grid:
+        if not cfg.flow_cell:
             return cfg.max_flow * torch.tanh(raw)
-        coarse = cfg.max_flow * torch.tanh(F.avg_pool2d(raw, cfg.image_size // cfg.flow_grid))
+        coarse = cfg.max_flow * torch.tanh(F.avg_pool2d(raw, cfg.flow_cell))
         return F.interpolate(coarse, size=(cfg.image_size, cfg.image_size), mode="bilinear", align_corners=False)
 
     def _features(self, x: torch.Tensor, label: torch.Tensor, noise: Optional[torch.Tensor]) -> torch.Tensor:

@@ -183,10 +183,10 @@ def fex_small_flow() -> Preset:
 
 @register_preset
 def fex_small_smoothflow() -> Preset:
-    """fex-small-flow on a 6x6 grid of control points: smooth and fold-free by construction."""
+    """fex-small-flow on a grid of control points 8 px apart (6x6 at 48x48): smooth and fold-free by construction."""
     gen = _fex_generator(32, 3)
     gen.input_skip, gen.output, gen.paint = False, "warp", False
-    gen.flow_grid, gen.max_flow = 6, 0.16
+    gen.flow_cell, gen.max_flow = 8, 0.16
     return Preset("fex-small-smoothflow",
                   "fex-small-flow with the flow on a 6x6 control grid, at most 4 px at 48x48 (issue 13)",
                   gen, _fex_loss(), d_conv_dim=32, n_critic=1)
