@@ -414,8 +414,8 @@ class DemoLoop:
         return self.transfer
 
     def process(self, image: np.ndarray) -> np.ndarray:
-        """One frame in, the result out, with the overlay where this config shows it: in the window
-        (``overlay`` None or True), or with ``overlay=True`` when there is none."""
+        """One frame in, the result out, with the overlay if this config draws it where the frames go:
+        in a window unless ``overlay=False``; without a window (a file, headless) only with ``overlay=True``."""
         out = self.transform(image)
         return self.with_overlay(out) if self.overlay_in("window" if self.config.show_window else "file") else out
 
