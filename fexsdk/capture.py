@@ -335,8 +335,9 @@ class VideoSink:
         self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*code), self.fps, self.size, True)
         if not self._writer.isOpened():
             self._writer.release()
+            names = ", ".join("out" + x for x in FFMPEG_SUFFIXES)
             raise ValueError(f"OpenCV could not open {self.path} for writing with codec {code!r}; write "
-                             f"{', '.join('out' + x for x in FFMPEG_SUFFIXES)} (through ffmpeg), or try another --fourcc")
+                             f"{names} (through ffmpeg), or try another --fourcc")
 
     def write(self, frame: np.ndarray) -> None:
         frame = to_bgr(frame)

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import wave
 from fractions import Fraction
 from pathlib import Path
