@@ -426,11 +426,16 @@ _AUDIO_STREAM = re.compile(r"^\s*Stream #\d+:\d+\S*: Audio: ([A-Za-z0-9_]+)", re
 _DURATION = re.compile(r"^\s*Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", re.MULTILINE)
 
 
+def _file_arg(path: Union[str, os.PathLike]) -> str:
+    """A local path as ffmpeg must read it: "a:b.mp4" would otherwise name a protocol "a", "-x.mp4" an option."""
+    return "file:" + os.fspath(path)
+
+
 def _probe(path: Union[str, os.PathLike], exe: str) -> Optional[tuple[list[str], Optional[float]]]:
     """(audio codecs, duration in seconds or None) of a media file; None when ffmpeg cannot read it."""
     try:
         # Without an output ffmpeg describes the input on stderr and exits 1.
-        r = subprocess.run([exe, "-hide_banner", "-nostdin", "-i", os.fspath(path)], capture_output=True, text=True,
+        r = subprocess.run([exe, "-hide_banner", "-nostdin", "-i", _file_arg(path)], capture_output=True, text=True,
                            errors="replace", timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -509,7 +514,7 @@ class FfmpegSink:
             else:
                 self._has_audio = True
                 self._audio_seconds = probed[1]
-                cmd += ["-i", os.fspath(audio_from)]
+                cmd += ["-i", _file_arg(audio_from)]
                 if fmt.copy_audio is None or all(c in fmt.copy_audio for c in codecs):
                     audio_args = ["-c:a", "copy"]
                     self.audio = f"copied ({', '.join(codecs)})"
@@ -522,7 +527,7 @@ class FfmpegSink:
         if fmt.even and (self.size[0] % 2 or self.size[1] % 2):
             cmd += ["-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2"]
             self.codec += ", padded to an even size"
-        cmd += [*fmt.video, *audio_args, *fmt.extra, os.fspath(self.path)]
+        cmd += [*fmt.video, *audio_args, *fmt.extra, _file_arg(self.path)]
         self.command = cmd
         self._errors: deque[str] = deque(maxlen=20)
         try:
@@ -588,8 +593,8 @@ class FfmpegSink:
         ``-t`` on a copy stops each stream at its first packet decoded at or after ``seconds``: every
         video frame is kept (their decode times all fall before it) and the audio ends with them."""
         tmp = self.path.with_name(f".{self.path.stem}.trim{self.path.suffix}")
-        cmd = [self._exe, "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", os.fspath(self.path),
-               "-map", "0", "-c", "copy", "-t", f"{seconds:.6f}", *self._fmt.extra, os.fspath(tmp)]
+        cmd = [self._exe, "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", _file_arg(self.path),
+               "-map", "0", "-c", "copy", "-t", f"{seconds:.6f}", *self._fmt.extra, _file_arg(tmp)]
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, errors="replace", timeout=self.close_timeout,
                                **_own_process_group())
