@@ -260,14 +260,21 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="live expression transfer on a webcam or a video file",
                        description="Change the expression of every face in a webcam or video, live. Window keys: "
                                    "1-7 emotion, n/p next/previous, s save a frame, space original/transfer, q/Esc quit. "
-                                   "With --output or --headless no window is opened.")
+                                   "With --output or --headless no window is opened. Ctrl-C or SIGTERM stops after the "
+                                   "current frame and finishes the output file (it plays), then exits 130 or 143.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--camera", type=_int_range(0), metavar="INDEX", help="webcam index (default: 0 when no --input)")
     src.add_argument("--input", metavar="VIDEO", help="a video file (every frame is processed, in order) or a stream URL")
     p.add_argument("--output", metavar="VIDEO",
-                   help="write the result here (.mp4: mp4v, .avi: MJPG, .mkv: lossless FFV1; not the input); no window")
+                   help="write the result here, no window; not the input. Through ffmpeg (imageio-ffmpeg), at the "
+                        "input's frame rate and with its audio: .mp4/.mov H.264 (crf 18), .mkv lossless FFV1, "
+                        ".avi MJPEG, .webm VP9; other suffixes through OpenCV (mp4v, no audio)")
     p.add_argument("--headless", action="store_true", help="no window (with no --output: process and print statistics)")
-    p.add_argument("--no-overlay", action="store_true", help="do not draw the emotion, FPS and timings on the frames")
+    overlay = p.add_mutually_exclusive_group()
+    overlay.add_argument("--overlay", action="store_true", default=None,
+                         help="draw the emotion, FPS and timings into the written video too (default: window only)")
+    overlay.add_argument("--no-overlay", dest="overlay", action="store_false",
+                         help="do not draw them in the window either")
     p.add_argument("--model", help="model file (.onnx, .engine, .pt); default: the bundled model")
     p.add_argument("--detector", help="yunet (default: the YuNet model shipped in fexsdk), haar (OpenCV's cascade), a YuNet .onnx path or an SSD .pb path")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -287,7 +294,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                    help="in [0, 1]: how fast boxes learn a face's motion and move on between detections (0: hold them)")
     p.add_argument("--drop-after", type=_POSITIVE, default=3, metavar="N", help="forget a face not seen for N detections in a row")
     p.add_argument("--max-frames", type=_POSITIVE, metavar="N", help="stop after N frames")
-    p.add_argument("--fourcc", help="output codec, 4 characters (e.g. mp4v, MJPG, FFV1, XVID)")
+    p.add_argument("--fourcc", help="write with OpenCV's VideoWriter and this codec, 4 characters (e.g. mp4v, MJPG, "
+                                    "FFV1, XVID): drops the audio; default: ffmpeg, codec by suffix")
     p.add_argument("--save-dir", default=".", help="where the s key saves frames")
     p.add_argument("--timeout", type=_float_range(0, low_open=True), default=10.0,
                    help="seconds to wait for the source to open or give a frame")
@@ -298,7 +306,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from fexsdk.video import DemoConfig, run_demo
 
     cfg = DemoConfig(
-        camera=args.camera, input=args.input, output=args.output, headless=args.headless, overlay=not args.no_overlay,
+        camera=args.camera, input=args.input, output=args.output, headless=args.headless, overlay=args.overlay,
         model=args.model, detector=args.detector, device=args.device, threads=args.threads, blend=args.blend,
         emotion=args.emotion, seed=None if args.fresh_noise else args.seed, strength=args.strength,
         detect_every=args.detect_every, smoothing=args.smoothing, velocity=args.velocity, drop_after=args.drop_after,
@@ -314,6 +322,11 @@ def _run_demo(args: argparse.Namespace) -> int:
         print(f"dropped {stats.dropped} stale camera frame(s) to keep up")
     if stats.output:
         print(f"wrote {stats.output} ({stats.written} frames)")
+    if stats.stopped_by_signal:
+        what = "Ctrl-C (SIGINT)" if stats.reason == "interrupted" else "SIGTERM"
+        done = f"; {stats.output} is finished and playable ({stats.written} frames written)" if stats.output else ""
+        print(f"fex demo: stopped by {what} after {stats.frames} frames{done}", file=sys.stderr)
+        return 130 if stats.reason == "interrupted" else 143
     if stats.reason == "truncated":
         print(f"fex demo: warning: {args.input} ended after {stats.read} of the {stats.expected_frames} frames its "
               "header announces: the file is truncated or damaged", file=sys.stderr)

@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 import os
 import re
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,12 +20,15 @@ import numpy as np
 # Names once defined here are imported back, so `from fexsdk.video import ...` keeps working.
 from fexsdk.capture import (  # noqa: F401
     FOURCC_BY_SUFFIX,
+    FfmpegSink,
     Frame,
     FrameReader,
     FrameTimeout,
     VideoSink,
     VideoSourceError,
     _check_output_path,
+    _is_url,
+    open_video_sink,
 )
 from fexsdk.emotions import EMOTIONS, emotion_index
 from fexsdk.faces import box_iou
@@ -157,13 +162,19 @@ class DemoConfig:
     opened. ``seed=None`` draws fresh dropout noise every frame (it flickers; for
     comparison); otherwise track ``i`` gets the noise face ``i`` gets from
     ``Transfer.apply(..., seed=seed)`` (fexsdk.noise.noise_for).
+
+    ``overlay`` (the emotion, FPS and timings drawn on the frame): None (default) draws it in
+    the window only, never into the written video; True draws it in both, False in neither.
+    ``fourcc`` forces OpenCV's VideoWriter with that codec (no audio); without it the output
+    is written by ffmpeg where it can (:func:`fexsdk.capture.open_video_sink`). ``progress``
+    shows a progress bar (frames, ETA) for video files that announce their frame count.
     """
 
     camera: Optional[int] = None
     input: Optional[str] = None
     output: Optional[str] = None
     headless: bool = False
-    overlay: bool = True
+    overlay: Optional[bool] = None
     model: Optional[str] = None
     detector: Optional[str] = None
     device: str = "auto"
@@ -184,6 +195,7 @@ class DemoConfig:
     read_timeout: float = 10.0
     window: str = "fex demo"
     quiet: bool = False
+    progress: bool = True
 
     @property
     def source(self) -> Union[int, str]:
@@ -226,6 +238,8 @@ class DemoConfig:
             if self.input is not None and _same_file(self.input, self.output):
                 raise ValueError(f"--output {self.output} is the --input video: writing it would destroy the input "
                                  "while it is read; choose another output file")
+        if self.overlay is not None and not isinstance(self.overlay, bool):
+            raise ValueError(f"overlay must be True, False or None (window only), got {self.overlay!r}")
         if self.fourcc is not None and len(self.fourcc) != 4:
             raise ValueError(f"a codec (fourcc) has 4 characters, e.g. mp4v, MJPG, FFV1; got {self.fourcc!r}")
 
@@ -252,11 +266,14 @@ class DemoStats:
     tracks: int = 0
     seconds: float = 0.0
     #: "end of stream", "truncated" (a video file gave fewer frames than its header announces),
-    #: "max frames", "quit", "window closed" or "interrupted".
+    #: "max frames", "quit", "window closed", "interrupted" (SIGINT, Ctrl-C) or "terminated" (SIGTERM).
     reason: str = ""
     #: The frame count a video file's header announces (None where it does not say).
     expected_frames: Optional[int] = None
     output: Optional[str] = None
+    #: The output's codec and what became of the input's audio (as logged when writing starts).
+    codec: Optional[str] = None
+    audio: Optional[str] = None
     #: Mean milliseconds per call of each stage: detect (frames where it ran), generate and paste (frames with faces).
     timings_ms: dict[str, float] = field(default_factory=dict)
     saved: list[str] = field(default_factory=list)
@@ -264,6 +281,49 @@ class DemoStats:
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def stopped_by_signal(self) -> bool:
+        return self.reason in ("interrupted", "terminated")
+
+
+class _StopOnSignals:
+    """For the loop's duration, SIGINT (Ctrl-C) and SIGTERM ask it to stop between two frames, so the
+    output file is finished (ffmpeg's index, the moov atom) instead of cut mid-write; a second
+    signal interrupts at once. Handlers can only be set from the main thread: elsewhere (and for
+    a signal the process ignores) nothing changes."""
+
+    REASONS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated"}
+
+    def __init__(self) -> None:
+        self.received: Optional[int] = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def reason(self) -> Optional[str]:
+        return None if self.received is None else self.REASONS.get(self.received, "interrupted")
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            raise KeyboardInterrupt
+        self.received = signum
+
+    def __enter__(self) -> "_StopOnSignals":
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in self.REASONS:
+            try:
+                if signal.getsignal(sig) is signal.SIG_IGN:
+                    continue
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except (ValueError, OSError):  # pragma: no cover - a platform without the signal
+                pass
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        self._previous.clear()
 
 
 class _Stage:
@@ -292,7 +352,8 @@ class DemoLoop:
 
     :meth:`process` takes one BGR frame and returns the result (detection every
     ``detect_every`` frames, tracking, per-track noise, overlay); :meth:`handle_key`
-    applies a window key; :meth:`run` reads the configured source to the end.
+    applies a window key; :meth:`run` reads the configured source to the end, stopping
+    cleanly (output finished) on SIGINT or SIGTERM.
     ``transfer`` (a :class:`fexsdk.Transfer`) is built from the config when not
     given; ``display`` (anything with ``show(frame) -> key``, ``closed()`` and
     ``close()``) replaces the OpenCV window, e.g. in tests.
@@ -316,15 +377,32 @@ class DemoLoop:
         self.last_clean: Optional[np.ndarray] = None
         self.saved: list[str] = []
         self.quit = False
+        self._faces = 0
+        self._bar: Any = None
 
     # -- pieces -------------------------------------------------------------------
     @property
     def target(self) -> str:
         return EMOTIONS[self.emotion]
 
-    def _log(self, text: str) -> None:
-        if not self.config.quiet:
-            print(text, flush=True)
+    def _log(self, text: str, error: bool = False) -> None:
+        if self.config.quiet:
+            return
+        if self._bar is not None:  # above the progress bar, not through it
+            self._bar.write(text, file=sys.stderr if error else sys.stdout)
+        else:
+            print(text, file=sys.stderr if error else sys.stdout, flush=True)
+
+    def overlay_in(self, where: str) -> bool:
+        """Whether the overlay is drawn on frames for ``where``: "window" or "file"."""
+        if where not in ("window", "file"):
+            raise ValueError(f"where must be 'window' or 'file', got {where!r}")
+        overlay = self.config.overlay
+        return where == "window" if overlay is None else overlay
+
+    def with_overlay(self, clean: np.ndarray) -> np.ndarray:
+        """A copy of a result with the overlay drawn on it."""
+        return draw_overlay(clean.copy(), self.overlay_lines(self._faces))
 
     def load_transfer(self):
         """Build the :class:`fexsdk.Transfer` from the config (once)."""
@@ -336,7 +414,13 @@ class DemoLoop:
         return self.transfer
 
     def process(self, image: np.ndarray) -> np.ndarray:
-        """One frame in, the result out (with the overlay unless ``overlay=False``)."""
+        """One frame in, the result out, with the overlay if this config draws it where the frames go:
+        in a window unless ``overlay=False``; without a window (a file, headless) only with ``overlay=True``."""
+        out = self.transform(image)
+        return self.with_overlay(out) if self.overlay_in("window" if self.config.show_window else "file") else out
+
+    def transform(self, image: np.ndarray) -> np.ndarray:
+        """One frame in, the result out without any overlay (also kept as ``last_clean``)."""
         tr = self.load_transfer()
         c = self.config
         index = self.frame_index
@@ -369,8 +453,7 @@ class DemoLoop:
             rate = 1.0 / (now - self._last_done)
             self.fps = rate if self.fps is None else 0.9 * self.fps + 0.1 * rate
         self._last_done = now
-        if c.overlay:
-            out = draw_overlay(out.copy(), self.overlay_lines(len(tracks)))
+        self._faces = len(tracks)
         return out
 
     def overlay_lines(self, faces: int) -> list[str]:
@@ -421,12 +504,29 @@ class DemoLoop:
         return str(path)
 
     # -- the whole run ----------------------------------------------------------
+    def _progress_bar(self, reader: FrameReader) -> Any:
+        """A tqdm bar (frames, ETA) for a video file that announces its length; None for cameras and streams."""
+        c = self.config
+        if c.quiet or not c.progress or reader.live or not reader.frame_count:
+            return None
+        from tqdm import tqdm
+
+        total = reader.frame_count if c.max_frames is None else min(reader.frame_count, c.max_frames)
+        return tqdm(total=total, unit="frame", file=sys.stderr, dynamic_ncols=True, desc="fex demo")
+
+    def _audio_source(self, reader: FrameReader) -> Optional[str]:
+        """The file whose audio the output keeps: the input video (not a camera, not a stream URL)."""
+        if reader.is_camera or _is_url(reader.source):
+            return None
+        return os.fspath(reader.source)
+
     def run(self) -> DemoStats:
-        """Read the source to its end (or ``max_frames``, or a quit key); returns what was done.
+        """Read the source to its end (or ``max_frames``, a quit key, SIGINT or SIGTERM); returns what was done.
 
         Fails fast, in this order: a window that cannot be shown (:class:`GuiUnavailable`),
         a source that cannot be opened (FileNotFoundError, ValueError, :class:`VideoSourceError`),
-        the model, the output file.
+        the model, the output file. A signal ends the loop after the frame in hand; the output
+        is then closed as at the end of the stream, so it plays (reason "interrupted"/"terminated").
         """
         c = self.config
         stats = DemoStats(output=c.output)
@@ -434,31 +534,46 @@ class DemoLoop:
         if display is None and c.show_window:
             display = CvWindow(c.window)
         reader = self.reader or FrameReader(c.source, open_timeout=c.open_timeout)
-        sink: Optional[VideoSink] = None
+        sink: Optional[Union[FfmpegSink, VideoSink]] = None
+        signals = _StopOnSignals()
         start = time.perf_counter()
         try:
             if not reader.started:
                 reader.start()
             self.load_transfer()
+            signals.__enter__()
             if c.output is not None:
-                sink = VideoSink(c.output, reader.fps or 30.0, reader.size or (640, 480), c.fourcc)
+                sink = open_video_sink(c.output, reader.fps or 30.0, reader.size or (640, 480), fourcc=c.fourcc,
+                                       audio_from=self._audio_source(reader))
+                stats.codec, stats.audio = sink.codec, sink.audio
+                if sink.warning:
+                    self._log(f"fex demo: warning: {sink.warning}", error=True)
+                self._log(f"writing {c.output} at {sink.fps:g} fps: {sink.codec}; audio: {sink.audio}")
             if display is not None:
                 self._log(KEY_HELP)
+            file_overlay, window_overlay = self.overlay_in("file"), self.overlay_in("window")
+            self._bar = self._progress_bar(reader)
             start = time.perf_counter()
             stats.reason = "end of stream"
             while True:
+                if signals.reason is not None:
+                    stats.reason = signals.reason
+                    break
                 if c.max_frames is not None and stats.frames >= c.max_frames:
                     stats.reason = "max frames"
                     break
                 frame = reader.read(timeout=c.read_timeout)
                 if frame is None:
                     break
-                out = self.process(frame.image)
+                clean = self.transform(frame.image)
                 stats.frames += 1
+                marked = self.with_overlay(clean) if (file_overlay and sink) or (window_overlay and display) else clean
                 if sink is not None:
-                    sink.write(out)
+                    sink.write(marked if file_overlay else clean)
+                if self._bar is not None:
+                    self._bar.update(1)
                 if display is not None:
-                    key = display.show(out)
+                    key = display.show(marked if window_overlay else clean)
                     if not self.handle_key(key):
                         stats.reason = "quit"
                         break
@@ -466,15 +581,21 @@ class DemoLoop:
                         stats.reason = "window closed"
                         break
         except KeyboardInterrupt:
-            stats.reason = "interrupted"
+            stats.reason = signals.reason or "interrupted"
         finally:
             stats.seconds = time.perf_counter() - start
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
             reader.stop()
-            if sink is not None:
-                sink.close()
-                stats.written = sink.frames
-            if display is not None:
-                display.close()
+            try:
+                if sink is not None:
+                    stats.written = sink.frames
+                    sink.close()
+            finally:
+                signals.__exit__(None, None, None)
+                if display is not None:
+                    display.close()
         stats.read = reader.frames_read
         stats.dropped = reader.frames_dropped
         if not reader.live:
