@@ -19,6 +19,7 @@ noise is seed 0 with face id = face index (``fexsdk.noise.noise_for``), as in
 ``benchmarks/paste_quality.py``.
 
     python benchmarks/alignment.py --count 200
+    python benchmarks/alignment.py --count 0 --png docs/align-compare.png   # only the picture
 """
 
 from __future__ import annotations
@@ -117,6 +118,45 @@ def run(tr: Transfer, faces: np.ndarray, angles: list[float], classify, seed: in
     return rows
 
 
+def _view(img: np.ndarray, centre, side: float, cell: int) -> np.ndarray:
+    """The square around a face (1.3x its side, border-replicated off the image) at ``cell`` pixels."""
+    half = 0.65 * side
+    m = np.array([[cell / (2 * half), 0, cell / 2 - centre[0] * cell / (2 * half)],
+                  [0, cell / (2 * half), cell / 2 - centre[1] * cell / (2 * half)]])
+    return cv2.warpAffine(img, m, (cell, cell), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+
+
+def compare_png(tr: Transfer, faces: np.ndarray, path: str, cell: int = 150) -> None:
+    """Tilted faces before and after, alignment off and on, with the 48x48 crop each run fed the generator."""
+    from skimage import data
+
+    from fexsdk.grid import image_grid
+
+    photo = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)
+    face = tr.detect(photo)[0]
+    m = cv2.getRotationMatrix2D(face.center, 20.0, 1.0)
+    scenes = [(cv2.warpAffine(photo, m, photo.shape[1::-1], borderMode=cv2.BORDER_REFLECT), "happy")]
+    bgs = backgrounds()
+    for k, (f, angle, target) in enumerate(zip(faces, (20, 30, -25), ("surprise", "happy", "surprise"))):
+        scenes.append((scene(f, bgs[k % len(bgs)], 300, angle, np.random.default_rng(k))[0], target))
+    cols: list[list[np.ndarray]] = [[] for _ in range(5)]
+    for img, target in scenes:
+        det = tr.detect(img)[0]
+        side = max(det.box[2:])
+        cols[0].append(_view(img, det.center, side, cell))
+        for j, align in ((1, False), (3, True)):
+            tr.align = align
+            res = tr.process(img, target, faces=[det], seed=0)
+            crop = tr.meta.to_pixels(res.inputs)[0, 0]
+            cols[j].append(cv2.cvtColor(cv2.resize(crop, (cell, cell), interpolation=cv2.INTER_NEAREST), cv2.COLOR_GRAY2BGR))
+            cols[j + 1].append(_view(res.image, det.center, side, cell))
+    tr.align = True
+    grid = image_grid([np.stack(c) for c in cols], ["input (tilted)", "crop, align off", "off: " + "result",
+                                                     "crop, align on", "on: result"])
+    cv2.imwrite(path, grid)
+    print(f"wrote {path}", file=sys.stderr)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="generator (default: the bundled model)")
@@ -125,9 +165,10 @@ def main() -> int:
     p.add_argument("--count", type=int, default=200, help="PublicTest faces per angle (the first of each class in turn)")
     p.add_argument("--angles", type=float, nargs="+", default=[0, 10, 20, 30], help="tilts, degrees")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for the generator and the classifier")
+    p.add_argument("--png", help="also write a picture of tilted faces before/after, alignment off and on")
     a = p.parse_args()
-    if a.count < NUM_EMOTIONS:
-        p.error(f"--count must be at least {NUM_EMOTIONS} (one face per class), got {a.count}")
+    if a.count != 0 and a.count < NUM_EMOTIONS:
+        p.error(f"--count must be 0 (only --png) or at least {NUM_EMOTIONS} (one face per class), got {a.count}")
 
     import torch
 
@@ -145,9 +186,13 @@ def main() -> int:
     with np.load(a.data) as d:
         test = d["usage"] == 1
         imgs, labels = d["images"][test], d["labels"][test]
-    per = -(-a.count // NUM_EMOTIONS)
+    per = max(1, -(-a.count // NUM_EMOTIONS))
     idx = np.stack([np.flatnonzero(labels == k)[:per] for k in range(NUM_EMOTIONS)], 1).ravel()[: a.count]
     tr = Transfer(a.model, threads=a.threads)
+    if a.png:
+        compare_png(tr, imgs[np.flatnonzero(labels == 6)[:3]], a.png)
+    if a.count == 0:
+        return 0
     cpu = cpu_facts()
     t0 = time.perf_counter()
     rows = run(tr, imgs[idx], a.angles, classify)
