@@ -211,14 +211,17 @@ def crop_box_for(face, detector=None, image_shape: Sequence[int] | None = None, 
 
     ``align=True`` turns the square by :func:`eye_angle` of ``face.landmarks`` where the
     face has landmarks and the tilt is at least :data:`MIN_ALIGN_ANGLE`; otherwise (plain
-    boxes, Haar faces, upright faces) the square is not turned.
+    boxes, Haar faces, upright faces, landmarks with no usable eye line) the square is not turned.
     """
     margin = getattr(detector, "crop_margin", DEFAULT_MARGIN)
     offset = getattr(detector, "crop_offset", DEFAULT_OFFSET)
     angle = 0.0
     landmarks = getattr(face, "landmarks", None)
     if align and landmarks is not None:
-        angle = eye_angle(landmarks)
+        try:
+            angle = eye_angle(landmarks)
+        except ValueError:  # a detector's odd output (eyes on one point, NaN) must not fail the image
+            angle = 0.0
         if abs(angle) < MIN_ALIGN_ANGLE:
             angle = 0.0
     return square_box(face, margin, image_shape, offset=offset, angle=angle)

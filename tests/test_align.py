@@ -105,6 +105,8 @@ def test_small_tilts_and_faces_without_landmarks_are_not_turned(upright, yunet):
     assert crop_box_for(Face(upright.box, 1.0, small), yunet, align=True).angle == 0.0
     assert crop_box_for(Face(upright.box, 1.0), yunet, align=True).angle == 0.0  # Haar, boxes given
     assert crop_box_for(upright, yunet, align=False) == crop_box_for(Face(upright.box, 1.0), yunet)
+    same_point = np.zeros((5, 2), np.float32)  # a detector's odd output: no eye line, no turn, no error
+    assert crop_box_for(Face(upright.box, 1.0, same_point), yunet, align=True).angle == 0.0
 
 
 # -- paste-back through the inverse turn ---------------------------------------------------------
