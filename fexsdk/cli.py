@@ -112,6 +112,8 @@ def _add_runtime(sub: argparse._SubParsersAction) -> None:
                         "folder (created if missing) that gets one image per input, with the input's name")
     a.add_argument("--strength", type=_float_range(0, 2), default=1.0,
                    help="scales the change, 0-2 (0 = unchanged, 1 = the model's change; default 1)")
+    a.add_argument("--no-align", action="store_true",
+                   help="do not turn tilted faces upright (by their eye landmarks) before changing them")
     a.set_defaults(func=_run_apply)
     g = sub.add_parser("grid", parents=[common], help="each face and its 7 expressions side by side")
     g.add_argument("input", help="image file with one or more faces")
@@ -142,7 +144,8 @@ def parse_target(text: str):
 def _transfer(args: argparse.Namespace):
     from fexsdk.transfer import Transfer
 
-    return Transfer(args.model, device=args.device, detector=args.detector, blend=args.blend, threads=args.threads)
+    return Transfer(args.model, device=args.device, detector=args.detector, blend=args.blend, threads=args.threads,
+                    align=not getattr(args, "no_align", False))
 
 
 def _write(path: str, image) -> None:
@@ -275,6 +278,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                          help="draw the emotion, FPS and timings into the written video too (default: window only)")
     overlay.add_argument("--no-overlay", dest="overlay", action="store_false",
                          help="do not draw them in the window either")
+    p.add_argument("--no-align", action="store_true", help="do not turn tilted faces upright by their eye landmarks")
     p.add_argument("--model", help="model file (.onnx, .engine, .pt); default: the bundled model")
     p.add_argument("--detector", help="yunet (default: the YuNet model shipped in fexsdk), haar (OpenCV's cascade), a YuNet .onnx path or an SSD .pb path")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
@@ -311,7 +315,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         emotion=args.emotion, seed=None if args.fresh_noise else args.seed, strength=args.strength,
         detect_every=args.detect_every, smoothing=args.smoothing, velocity=args.velocity, drop_after=args.drop_after,
         max_frames=args.max_frames, fourcc=args.fourcc, save_dir=args.save_dir, open_timeout=args.timeout,
-        read_timeout=args.timeout,
+        read_timeout=args.timeout, align=not args.no_align,
     )
     stats = run_demo(cfg)
     t = stats.timings_ms

@@ -23,7 +23,7 @@ import numpy as np
 
 from fexsdk.images import check_image
 
-from fexsdk.crops import CropBox
+from fexsdk.crops import CropBox, box_window, crop_to_image
 from fexsdk.metadata import PIXEL_SCALE
 
 __all__ = ["BLEND_MODES", "DEFAULT_FEATHER", "face_mask", "paste_back"]
@@ -134,6 +134,10 @@ def paste_back(
     (gray replicated to colour) is blended in with the same mask, weighted by
     ``min(strength, 1)``.
 
+    A turned box (``box.angle != 0``, an aligned crop) gets its change, mask and output
+    turned back into the image through the inverse of :meth:`~fexsdk.crops.CropBox.matrix`
+    (:func:`fexsdk.crops.crop_to_image`); the mask's ellipse stays inside the unturned square.
+
     Returns a new array of the same shape and dtype; ``image`` is not modified.
     Pixels outside every box (and where the mask is 0) are bit-identical to
     the input; parts of boxes outside the image are clipped. Overlapping boxes
@@ -173,33 +177,29 @@ def paste_back(
     h, w = planes.shape[:2]
 
     for box, x_in, x_out in zip(boxes, inputs, outputs):
-        x0, y0 = max(box.x, 0), max(box.y, 0)
-        x1, y1 = min(box.x2, w), min(box.y2, h)
-        if x1 <= x0 or y1 <= y0:
+        window = box_window(box, (h, w))
+        if window is None:
             continue
         side = box.size
-        sy = slice(y0 - box.y, y1 - box.y)
-        sx = slice(x0 - box.x, x1 - box.x)
-        mask = face_mask(side, feather)[sy, sx]
-        region = planes[y0:y1, x0:x1].astype(np.float32)
+        mask = crop_to_image(face_mask(side, feather), box, window)
+        region = planes[window].astype(np.float32)
         if blend == "residual":
             change = _luma(x_out - x_in)
             if smooth:
                 change = smooth_residual(change)
-            delta = _upsample(change * (strength * scale), side)[sy, sx] * mask
+            delta = crop_to_image(_upsample(change * (strength * scale), side), box, window, replicate=True) * mask
             new = region + (delta[:, :, None] if colour else delta)
         else:
             if colour and x_out.shape[0] == 3:
                 pix = _upsample(np.ascontiguousarray(x_out[::-1].transpose(1, 2, 0)), side)  # RGB -> BGR
             else:
                 pix = _upsample(_luma(x_out), side)
-                if colour:
-                    pix = pix[:, :, None]
-            pix = (pix + offset) * scale
-            pix = pix[sy, sx]
+            pix = crop_to_image((pix + offset) * scale, box, window, replicate=True)
+            if colour and pix.ndim == 2:
+                pix = pix[:, :, None]
             alpha = mask * min(strength, 1.0)
             if colour:
                 alpha = alpha[:, :, None]
             new = region + alpha * (pix - region)
-        planes[y0:y1, x0:x1] = np.clip(np.rint(new), 0, 255).astype(np.uint8)
+        planes[window] = np.clip(np.rint(new), 0, 255).astype(np.uint8)
     return result

@@ -41,8 +41,9 @@ STAGES = ("detect", "frame", "crop", "generate", "paste")
 class FaceRecord:
     """One face on its way through the stages (like insightface's ``Face``): each stage fills its part.
 
-    ``detect`` (or ``faces=``): :attr:`face`; ``frame``: :attr:`box` (the square the crop is cut from) and
-    :attr:`face_id`; ``crop``: :attr:`crop`; ``generate``: :attr:`output` and, for warp-head models,
+    ``detect`` (or ``faces=``): :attr:`face`; ``frame``: :attr:`box` (the square the crop is cut from, turned
+    upright by ``box.angle`` for aligned faces: ``box.matrix()`` is the crop's whole geometry, used by the crop
+    and by both paste-backs) and :attr:`face_id`; ``crop``: :attr:`crop`; ``generate``: :attr:`output` and, for warp-head models,
     :attr:`parts` (``flow``, ``residual``, ``mask``); ``paste`` writes into the image. :attr:`timings`
     holds each stage's milliseconds for this face (a batched stage's time shared equally).
     """
@@ -172,13 +173,18 @@ class Transfer:
         threads: CPU threads for onnxruntime (None: the usable CPUs, at most 4). Idle threads sleep (no spinning).
         smooth: filter the generator's change before pasting it back, removing the checkerboard
             artefacts of its transposed convolutions (residual blend only).
+        align: turn each face's crop so its eyes are level (FER2013's faces are upright), and the change
+            back on paste. Needs the detector's eye landmarks (YuNet's; Haar and plain boxes give none, and
+            are not turned); tilts under ``fexsdk.crops.MIN_ALIGN_ANGLE`` (2 degrees) are left alone.
     """
 
     def __init__(self, model: Union[str, os.PathLike, None] = None, device: str = "auto",
                  detector: Union[str, os.PathLike, FaceDetector, None] = None, blend: str = "residual",
-                 threads: Optional[int] = None, smooth: bool = True) -> None:
+                 threads: Optional[int] = None, smooth: bool = True, align: bool = True) -> None:
         if blend not in BLEND_MODES:
             raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
+        if not isinstance(align, (bool, np.bool_)):
+            raise ValueError(f"align must be True (turn crops so the eyes are level) or False, got {align!r}")
         check_threads(threads)
         if model is None:
             if not DEFAULT_MODEL.is_file():
@@ -200,6 +206,7 @@ class Transfer:
             self.detector = detector
         self.blend = blend
         self.smooth = smooth
+        self.align = bool(align)
 
     @property
     def detector(self) -> FaceDetector:
@@ -284,7 +291,8 @@ class Transfer:
 
     def frame(self, image, faces: Sequence[FaceSpec], face_ids: Optional[Sequence[int]] = None) -> list[FaceRecord]:
         """Stage 2: a record per face with the square box its crop is cut from (framed like the detector's
-        boxes). ``face_ids`` pick each face's noise (default: 0, 1, 2, ... in order; track ids in video)."""
+        boxes, turned so the eyes are level where :attr:`align` is on and the face has landmarks).
+        ``face_ids`` pick each face's noise (default: 0, 1, 2, ... in order; track ids in video)."""
         image = load_image(image)
         if isinstance(faces, (str, bytes, Face)) or not isinstance(faces, (Sequence, np.ndarray)):
             raise ValueError(f"faces must be a list of (x, y, w, h) boxes or Face objects, got {faces!r}")
@@ -293,7 +301,7 @@ class Transfer:
         if len(ids) != len(found):
             raise ValueError(f"got {len(ids)} face ids for {len(found)} faces")
         t0 = time.perf_counter()
-        records = [FaceRecord(f, i, crop_box_for(f, self.detector)) for f, i in zip(found, ids)]
+        records = [FaceRecord(f, i, crop_box_for(f, self.detector, align=self.align)) for f, i in zip(found, ids)]
         if records:
             _share(records, "frame", time.perf_counter() - t0)
         return records

@@ -180,6 +180,7 @@ class DemoConfig:
     device: str = "auto"
     threads: Optional[int] = None
     blend: str = "residual"
+    align: bool = True  # turn tilted faces upright where the faces carry eye landmarks (Transfer(align=))
     emotion: Union[str, int] = "happy"
     seed: Optional[int] = 0
     strength: float = 1.0
@@ -410,7 +411,8 @@ class DemoLoop:
             from fexsdk.transfer import Transfer
 
             c = self.config
-            self.transfer = Transfer(c.model, device=c.device, detector=c.detector, blend=c.blend, threads=c.threads)
+            self.transfer = Transfer(c.model, device=c.device, detector=c.detector, blend=c.blend, threads=c.threads,
+                                     align=c.align)
         return self.transfer
 
     def process(self, image: np.ndarray) -> np.ndarray:

@@ -9,6 +9,8 @@ blends the result into the frame; pixels outside it stay bit-identical.
 
 Flow convention (the model's, see :class:`fexsdk.metadata.ModelMetadata`): ``(dx, dy)``
 in grid units, where [-1, 1] spans the face: output(p) = input(p + flow(p) * side / 2).
+The flow lives in the crop's frame: for a turned (aligned) crop it is resampled into the
+image through the crop's inverse affine map and its vectors are turned back with it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from numbers import Real
 import cv2
 import numpy as np
 
-from fexsdk.crops import CropBox
+from fexsdk.crops import CropBox, box_window, crop_to_image
 from fexsdk.images import check_image
 from fexsdk.metadata import PIXEL_SCALE
 from fexsdk.paste import DEFAULT_FEATHER, face_mask
@@ -54,7 +56,10 @@ def paste_warp(image: np.ndarray, boxes: Sequence[CropBox], flows: np.ndarray, r
 
     ``flows``: (N, 2, s, s) from the model's ``flow`` output; ``residuals``: (N, C, s, s) from
     ``residual`` (model units, [-1, 1] space). ``strength`` scales the flow and the residual
-    together (0: the input unchanged). ``scale``: pixel units per model unit (``ModelMetadata.pixel_scale``). Returns a new array of the same shape and dtype.
+    together (0: the input unchanged). ``scale``: pixel units per model unit (``ModelMetadata.pixel_scale``).
+    A turned box (``box.angle != 0``) has its flow, residual and mask turned back into the image
+    (:func:`fexsdk.crops.crop_to_image`), the flow's vectors included. Returns a new array of the
+    same shape and dtype; pixels where the mask is 0 (all outside the boxes) are bit-identical.
     """
     check_image(image)
     if isinstance(strength, bool) or not isinstance(strength, Real) or not math.isfinite(strength) or strength < 0:
@@ -73,20 +78,22 @@ def paste_warp(image: np.ndarray, boxes: Sequence[CropBox], flows: np.ndarray, r
     h, w = planes.shape[:2]
     colour = planes.ndim == 3
     for box, flow, res in zip(boxes, flows, residuals):
-        x0, y0, x1, y1 = max(box.x, 0), max(box.y, 0), min(box.x2, w), min(box.y2, h)
-        if x1 <= x0 or y1 <= y0:
+        window = box_window(box, (h, w))
+        if window is None:
             continue
         side = box.size
-        sy, sx = slice(y0 - box.y, y1 - box.y), slice(x0 - box.x, x1 - box.x)
-        d = flow_to_pixels(flow, side)[sy, sx] * np.float32(strength)
-        gy, gx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+        d = crop_to_image(flow_to_pixels(flow, side), box, window, replicate=True) * np.float32(strength)
+        if box.angle != 0.0:  # a vector in the crop's frame, turned into the image's
+            d = d @ cv2.invertAffineTransform(box.matrix())[:, :2].T.astype(np.float32)
+        gy, gx = np.mgrid[window].astype(np.float32)
         warped = cv2.remap(source, gx + d[..., 0], gy + d[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
         shade = res[0] if res.shape[0] == 1 else np.tensordot(_LUMA, res, axes=1)
-        shade = cv2.resize(shade, (side, side), interpolation=cv2.INTER_CUBIC)[sy, sx] * np.float32(strength * scale)
-        mask = face_mask(side, feather)[sy, sx]
-        region = planes[y0:y1, x0:x1].astype(np.float32)
+        shade = crop_to_image(cv2.resize(shade, (side, side), interpolation=cv2.INTER_CUBIC), box, window,
+                              replicate=True) * np.float32(strength * scale)
+        mask = crop_to_image(face_mask(side, feather), box, window)
+        region = planes[window].astype(np.float32)
         if colour:
             mask, shade = mask[:, :, None], shade[:, :, None]
         new = region + mask * (warped.astype(np.float32) + shade - region)
-        planes[y0:y1, x0:x1] = np.clip(np.rint(new), 0, 255).astype(np.uint8)
+        planes[window] = np.clip(np.rint(new), 0, 255).astype(np.uint8)
     return result
