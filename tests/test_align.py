@@ -3,7 +3,6 @@ goes back through the inverse rotation, leaving everything outside the faces' bl
 
 from __future__ import annotations
 
-import types
 
 import cv2
 import numpy as np
@@ -216,8 +215,7 @@ def test_cli_no_align(tiny_onnx, tilted, tmp_path, monkeypatch):
 
     def fake_run_demo(cfg):
         seen.append(cfg.align)
-        return types.SimpleNamespace(timings_ms={}, frames=0, reason="end", seconds=0.0, fps=0.0, tracks=0,
-                                     dropped=0, output=None, written=0)
+        return video.DemoStats(reason="end")
 
     monkeypatch.setattr(video, "run_demo", fake_run_demo)
     for flag in ([], ["--no-align"]):
