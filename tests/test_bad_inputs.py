@@ -182,6 +182,7 @@ API_CASES = [
     ("Transfer(model=123)", lambda tr: type(tr)(model=123), ValueError, "model must be a path to a model file"),
     ("Transfer(model=a folder)", lambda tr: type(tr)(model=REPO), ValueError, "is a folder; give the model file"),
     ("Transfer(device=5)", lambda tr: type(tr)(device=5), ValueError, "device must be one of"),
+    ("Transfer(align='yes')", lambda tr: type(tr)(align="yes"), ValueError, "align must be True (turn crops so the eyes are level) or False"),
     ("intensity 2", lambda tr: tr.apply(IMG, {"happy": 2}, faces=BOX), ValueError, "must be a number in [0, 1]"),
     ("intensity as text", lambda tr: tr.apply(IMG, {"happy": "0.5"}, faces=BOX), ValueError, "must be a number"),
 ]
