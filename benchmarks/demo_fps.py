@@ -1,0 +1,253 @@
+"""`fex demo` end to end on a video file: frames per second and stage times, one face.
+
+    python benchmarks/demo_fps.py                     # levers A/B at 640x480, then the 1280x720 rows
+    python benchmarks/demo_fps.py --int8              # also an int8 copy of the bundled model
+    python benchmarks/demo_fps.py --avx2-limits       # OpenCV held to AVX2 (see below)
+    python benchmarks/demo_fps.py --json demo.json
+
+The clip: one FER2013 PublicTest face (from --data, default ../shared/data/fer2013.npz; without
+it scikit-image's astronaut) placed large on a textured colour background and drifting slowly
+(about 1 px per frame), written as H.264 .mp4 at 30 fps, 640x480 and 1280x720. Each run is the
+real `fex demo` path (fexsdk.video.run_demo: the reader thread decoding the file, detection every
+``--detect-every`` frames and tracking, Transfer's crop, generate and paste, and with a file the
+ffmpeg writer, H.264 .mp4) headless, once without an output file and once with one.
+
+Reported per run: FPS end to end (frames / seconds of the loop; the model is loaded before),
+the demo's own stage means (detect per detection, crop, generate, paste per frame with a face),
+and the CPU it cost: this process (all its threads) and ffmpeg's (the writer), in ms per frame.
+Two cores give 33 ms of CPU per frame at 60 FPS: CPU per frame above that cannot reach 60 FPS
+there, whatever overlaps. Variants of one size run interleaved, ``--rounds`` times, and the
+median is reported, so slow spells of a shared machine hit them alike; the load average is
+printed before and after.
+
+--avx2-limits re-runs this script with OPENCV_CPU_DISABLE=AVX512F,AVX512-SKX (OpenCV then
+dispatches to its AVX2 kernels: YuNet, resizing, colour conversion). onnxruntime picks its
+kernels from cpuid and has no such switch, so the generator still uses AVX-512 where the CPU has
+it: label such figures "AVX-512 CPU with AVX2 limits where settable", never as an AVX2 machine's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+AVX2_LIMITS = {"OPENCV_CPU_DISABLE": "AVX512F,AVX512-SKX", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+if "--avx2-limits" in sys.argv[1:] and os.environ.get("OPENCV_CPU_DISABLE") != AVX2_LIMITS["OPENCV_CPU_DISABLE"]:
+    # OpenCV reads its switch once, when it loads: start again with it set.
+    os.environ.update(AVX2_LIMITS)
+    os.execv(sys.executable, [sys.executable, *sys.argv])
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+if (REPO / "fexsdk").is_dir() and str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run from a checkout: use its code
+HERE = str(Path(__file__).resolve().parent)
+if HERE not in sys.path:
+    sys.path.insert(0, HERE)
+
+from fexsdk.capture import open_video_sink  # noqa: E402
+from fexsdk.faces import YuNetDetector  # noqa: E402
+from fexsdk.transfer import DEFAULT_MODEL, Transfer  # noqa: E402
+from fexsdk.video import DemoConfig, run_demo  # noqa: E402
+
+from latency_machine import cpu_facts, versions  # noqa: E402
+
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "fer2013.npz"
+#: (frame size, side of the face in pixels)
+SIZES = {"640x480": ((640, 480), 200), "1280x720": ((1280, 720), 300)}
+#: The levers, each a change from the row above it ("before": the demo as it was before issue 14).
+LEVERS: list[tuple[str, dict[str, Any]]] = [
+    ("before: full-size detection, inline", dict(detect_size=None, detect_thread=False)),
+    ("detector on a 480-px copy", dict(detect_size=480, detect_thread=False)),
+    ("detector on a 320-px copy", dict(detect_size=320, detect_thread=False)),
+    ("480-px copy + detector thread (default)", dict(detect_size=480, detect_thread=True)),
+    ("320-px copy + detector thread", dict(detect_size=320, detect_thread=True)),
+    ("default, onnxruntime 1 thread", dict(detect_size=480, detect_thread=True, threads=1)),
+]
+
+
+def _face_image(data: Optional[Path]) -> tuple[np.ndarray, str]:
+    """A BGR face picture, square, face filling most of it: a FER2013 PublicTest face YuNet finds, or the astronaut."""
+    if data is not None and data.is_file():
+        with np.load(data) as d:
+            faces = d["images"][d["usage"] == 1][:50]
+        det = YuNetDetector(input_size=None)
+        for i, face in enumerate(faces):
+            big = cv2.cvtColor(cv2.resize(face, (200, 200), interpolation=cv2.INTER_CUBIC), cv2.COLOR_GRAY2BGR)
+            canvas = np.full((400, 400, 3), 128, np.uint8)
+            canvas[100:300, 100:300] = big
+            if det.detect(canvas):
+                return big, f"FER2013 PublicTest face {i} ({data.name})"
+    from skimage import data as skdata
+
+    astro = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR)
+    return astro[0:260, 110:370], "scikit-image astronaut (head and shoulders)"
+
+
+def make_clip(path: Path, size: tuple[int, int], face_px: int, face: np.ndarray, frames: int, fps: float = 30.0) -> None:
+    """One face drifting slowly (a sine, at most ~1 px/frame) over a textured colour background, as H.264 .mp4."""
+    w, h = size
+    rng = np.random.default_rng(0)
+    noise = cv2.resize(rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
+    ramp = np.linspace(0, 60, w, dtype=np.float32)[None, :, None]
+    background = np.clip(cv2.GaussianBlur(noise, (0, 0), 2).astype(np.float32) * 0.6 + ramp + 30, 0, 255).astype(np.uint8)
+    fh = round(face_px * face.shape[0] / face.shape[1])
+    big = cv2.resize(face, (face_px, fh), interpolation=cv2.INTER_CUBIC)
+    amp = min(60.0, (w - face_px) / 2 - 10)
+    sink = open_video_sink(path, fps, size)
+    try:
+        for i in range(frames):
+            x = round((w - face_px) / 2 + amp * np.sin(2 * np.pi * i / 240))
+            y = (h - fh) // 2
+            f = background.copy()
+            f[y : y + fh, x : x + face_px] = big
+            sink.write(f)
+    finally:
+        sink.close()
+
+
+def one_run(clip: Path, out: Optional[Path], transfer: Transfer, settings: dict[str, Any], detect_every: int) -> dict[str, Any]:
+    """``fex demo --input clip [--output out] --headless`` with ``settings``; FPS, stage times and CPU per frame."""
+    cfg = DemoConfig(input=str(clip), output=None if out is None else str(out), headless=True, overlay=False,
+                     quiet=True, progress=False, detect_every=detect_every,
+                     **{k: v for k, v in settings.items() if k in ("detect_size", "detect_thread")})
+    cpu0, kids0 = time.process_time(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    stats = run_demo(cfg, transfer=transfer)
+    cpu1, kids1 = time.process_time(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    n = max(1, stats.frames)
+    kids = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
+    return {"fps": stats.fps, "frames": stats.frames, "tracks": stats.tracks, "detections": stats.detections,
+            "stages_ms": {k: round(v, 2) for k, v in stats.timings_ms.items()},
+            "cpu_ms_per_frame": 1000 * (cpu1 - cpu0) / n, "ffmpeg_cpu_ms_per_frame": 1000 * kids / n}
+
+
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median FPS (its stage times with it), plus every run's FPS."""
+    ordered = sorted(runs, key=lambda r: r["fps"])
+    mid = dict(ordered[len(ordered) // 2])
+    mid["fps_runs"] = [round(r["fps"], 1) for r in runs]
+    return mid
+
+
+def _load() -> str:
+    try:
+        return "/".join(f"{v:.1f}" for v in os.getloadavg())
+    except (AttributeError, OSError):
+        return "?"
+
+
+def machine_line() -> dict[str, Any]:
+    cpu = cpu_facts()
+    limited = os.environ.get("OPENCV_CPU_DISABLE") == AVX2_LIMITS["OPENCV_CPU_DISABLE"]
+    isa = cpu["isa"].split(",")[0] + (" VNNI" if cpu["vnni"] else "")
+    if limited:
+        isa = (f"{isa} CPU with AVX2 limits where settable (OpenCV: AVX-512 off; onnxruntime: no switch, "
+               "uses what cpuid reports)")
+    return {"cpu": cpu["name"], "usable_cpus": cpu["usable_cpus"], "isa": isa, "avx2_limits": limited,
+            "opencv_cpu_features": cv2.getCPUFeaturesLine(), "opencv_threads": cv2.getNumThreads(),
+            "versions": versions()}
+
+
+def int8_model(tmp: Path, data: Optional[Path]) -> tuple[Optional[Path], str]:
+    """An int8 copy of the bundled model (fexsdk.export.quantize) and its error against FP32; (None, why) where it cannot."""
+    try:
+        from fexsdk.export.quantize import quantize_onnx
+    except ImportError as exc:
+        return None, f"no int8 row: {exc}"
+    src = DEFAULT_MODEL
+    if data is not None and data.is_file():
+        with np.load(data) as d:
+            train = d["images"][d["usage"] == 0][:256]
+            test = d["images"][d["usage"] == 1][:64]
+    else:
+        from latency_models import synthetic_faces
+
+        train, test = synthetic_faces(256, seed=1), synthetic_faces(64, seed=2)
+    dst = tmp / "default.int8.onnx"
+    quantize_onnx(src, dst, train)
+    fp32, q = Transfer(src, device="cpu", threads=1), Transfer(dst, device="cpu", threads=1)
+    a = fp32.generate(test, "happy", seed=0).astype(np.float64)
+    b = q.generate(test, "happy", seed=0).astype(np.float64)
+    d = np.abs(a - b)  # uint8 faces: grey levels
+    return dst, f"int8 vs FP32 on {len(test)} faces: {d.mean():.2f} grey levels mean, {d.max():.0f} max"
+
+
+def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--frames", type=int, default=240, help="frames per clip (default 240, 8 s at 30 fps)")
+    p.add_argument("--rounds", type=int, default=3, help="runs of every variant, interleaved; the median is reported")
+    p.add_argument("--detect-every", type=int, default=3, help="as fex demo --detect-every (default 3)")
+    p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    p.add_argument("--levers", action=argparse.BooleanOptionalAction, default=True,
+                   help="time every lever at the first size (default); --no-levers: before and default only")
+    p.add_argument("--int8", action="store_true", help="also the default settings with an int8 copy of the bundled model")
+    p.add_argument("--data", default=str(DEFAULT_DATA), help="FER2013 .npz for the face (default: ../shared/data/fer2013.npz)")
+    p.add_argument("--avx2-limits", action="store_true", help="hold OpenCV to AVX2 (see above)")
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args(argv)
+    if args.frames < 10 or args.rounds < 1 or args.detect_every < 1:
+        p.error("--frames must be >= 10, --rounds and --detect-every >= 1")
+    data = Path(args.data) if args.data else None
+
+    machine = machine_line()
+    print(f"CPU: {machine['cpu']}, {machine['usable_cpus']} usable; ISA: {machine['isa']}")
+    print(f"OpenCV {cv2.__version__} ({machine['opencv_threads']} threads): {machine['opencv_cpu_features']}; "
+          f"onnxruntime {machine['versions']['onnxruntime']}")
+    print(f"load average before: {_load()}")
+    face, face_desc = _face_image(data)
+    res: dict[str, Any] = {"machine": machine, "face": face_desc, "frames": args.frames, "rounds": args.rounds,
+                           "detect_every": args.detect_every, "load_before": _load(), "rows": []}
+    with tempfile.TemporaryDirectory(prefix="fexsdk-demo-fps-") as tmp_name:
+        tmp = Path(tmp_name)
+        variants = list(LEVERS)
+        if args.int8:
+            path, note = int8_model(tmp, data)
+            res["int8"] = note
+            print(note)
+            if path is not None:
+                variants.append(("default + int8 model", dict(detect_size=480, detect_thread=True, model=path)))
+        transfers: dict[tuple[Optional[str], Optional[int]], Transfer] = {}
+        for si, size_name in enumerate(args.sizes):
+            size, face_px = SIZES[size_name]
+            clip = tmp / f"clip_{size_name}.mp4"
+            make_clip(clip, size, face_px, face, args.frames)
+            chosen = variants if (si == 0 and args.levers) else [v for v in variants if v[0].startswith(("before", "480-px", "default + int8"))]
+            runs: dict[tuple[str, bool], list[dict[str, Any]]] = {}
+            for _ in range(args.rounds):
+                for name, settings in chosen:
+                    key = (str(settings.get("model")) if settings.get("model") else None, settings.get("threads"))
+                    if key not in transfers:
+                        transfers[key] = Transfer(settings.get("model"), device="cpu", threads=settings.get("threads"))
+                    for write in (False, True):
+                        out = tmp / "out.mp4" if write else None
+                        runs.setdefault((name, write), []).append(one_run(clip, out, transfers[key], settings, args.detect_every))
+            for (name, write), rs in runs.items():
+                row = {"size": size_name, "variant": name, "output": "H.264 .mp4" if write else "none", **_median_run(rs)}
+                res["rows"].append(row)
+                s = row["stages_ms"]
+                print(f"{size_name:9s} {name:42s} out={row['output']:10s} {row['fps']:6.1f} FPS "
+                      f"(runs {row['fps_runs']}) detect {s.get('detect', 0):5.1f} crop {s.get('crop', 0):4.1f} "
+                      f"generate {s.get('generate', 0):5.1f} paste {s.get('paste', 0):4.1f} ms; CPU/frame: "
+                      f"process {row['cpu_ms_per_frame']:5.1f} ms, ffmpeg {row['ffmpeg_cpu_ms_per_frame']:4.1f} ms; "
+                      f"tracks {row['tracks']}", flush=True)
+    res["load_after"] = _load()
+    print(f"load average after: {res['load_after']}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2, default=str))
+        print(f"wrote {args.json}")
+    return res
+
+
+if __name__ == "__main__":
+    main()
