@@ -1,7 +1,7 @@
 """`fex demo` end to end on a video file: frames per second and stage times, one face.
 
     python benchmarks/demo_fps.py                     # levers A/B at 640x480, then the 1280x720 rows
-    python benchmarks/demo_fps.py --int8              # also an int8 copy of the bundled model
+    python benchmarks/demo_fps.py --variants before 480-thread int8 --rounds 2
     python benchmarks/demo_fps.py --avx2-limits       # OpenCV held to AVX2 (see below)
     python benchmarks/demo_fps.py --json demo.json
 
@@ -66,15 +66,20 @@ from latency_machine import cpu_facts, versions  # noqa: E402
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "fer2013.npz"
 #: (frame size, side of the face in pixels)
 SIZES = {"640x480": ((640, 480), 200), "1280x720": ((1280, 720), 300)}
-#: The levers, each a change from the row above it ("before": the demo as it was before issue 14).
-LEVERS: list[tuple[str, dict[str, Any]]] = [
-    ("before: full-size detection, inline", dict(detect_size=None, detect_thread=False)),
-    ("detector on a 480-px copy", dict(detect_size=480, detect_thread=False)),
-    ("detector on a 320-px copy", dict(detect_size=320, detect_thread=False)),
-    ("480-px copy + detector thread (default)", dict(detect_size=480, detect_thread=True)),
-    ("320-px copy + detector thread", dict(detect_size=320, detect_thread=True)),
-    ("default, onnxruntime 1 thread", dict(detect_size=480, detect_thread=True, threads=1)),
-]
+#: The settings timed, by key: (label, settings). "before" is the demo as it was before issue 14.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "before": ("before: full-size detection, inline", dict(detect_size=None, detect_thread=False)),
+    "480": ("detector on a 480-px copy, inline", dict(detect_size=480, detect_thread=False)),
+    "320": ("detector on a 320-px copy, inline", dict(detect_size=320, detect_thread=False)),
+    "480-thread": ("480-px copy + detector thread (default)", dict(detect_size=480, detect_thread=True)),
+    "320-thread": ("320-px copy + detector thread", dict(detect_size=320, detect_thread=True)),
+    "480-thread-ort1": ("default, onnxruntime 1 thread", dict(detect_size=480, detect_thread=True, threads=1)),
+    "int8": ("default + int8 model", dict(detect_size=480, detect_thread=True, int8=True)),
+    "320-int8": ("320-px copy + thread + int8 model", dict(detect_size=320, detect_thread=True, int8=True)),
+}
+#: Timed at the first size by default; later sizes get LATER_SIZES.
+FIRST_SIZE = ["before", "480", "320", "480-thread", "320-thread", "480-thread-ort1", "int8", "320-int8"]
+LATER_SIZES = ["before", "480-thread", "int8"]
 
 
 def _face_image(data: Optional[Path]) -> tuple[np.ndarray, str]:
@@ -189,9 +194,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     p.add_argument("--rounds", type=int, default=3, help="runs of every variant, interleaved; the median is reported")
     p.add_argument("--detect-every", type=int, default=3, help="as fex demo --detect-every (default 3)")
     p.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
-    p.add_argument("--levers", action=argparse.BooleanOptionalAction, default=True,
-                   help="time every lever at the first size (default); --no-levers: before and default only")
-    p.add_argument("--int8", action="store_true", help="also the default settings with an int8 copy of the bundled model")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), metavar="KEY",
+                   help=f"settings to time at every size, of: {', '.join(VARIANTS)} (default: all at the first size, "
+                        f"{', '.join(LATER_SIZES)} at the others); int8 ones need fexsdk.export (the train extra)")
     p.add_argument("--data", default=str(DEFAULT_DATA), help="FER2013 .npz for the face (default: ../shared/data/fer2013.npz)")
     p.add_argument("--avx2-limits", action="store_true", help="hold OpenCV to AVX2 (see above)")
     p.add_argument("--json", help="also write the results here")
@@ -210,25 +215,25 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                            "detect_every": args.detect_every, "load_before": _load(), "rows": []}
     with tempfile.TemporaryDirectory(prefix="fexsdk-demo-fps-") as tmp_name:
         tmp = Path(tmp_name)
-        variants = list(LEVERS)
-        if args.int8:
-            path, note = int8_model(tmp, data)
+        int8_path = None
+        wanted = set(args.variants or FIRST_SIZE + LATER_SIZES)
+        if any(VARIANTS[k][1].get("int8") for k in wanted):
+            int8_path, note = int8_model(tmp, data)
             res["int8"] = note
             print(note)
-            if path is not None:
-                variants.append(("default + int8 model", dict(detect_size=480, detect_thread=True, model=path)))
-        transfers: dict[tuple[Optional[str], Optional[int]], Transfer] = {}
+        transfers: dict[tuple[bool, Optional[int]], Transfer] = {}
         for si, size_name in enumerate(args.sizes):
             size, face_px = SIZES[size_name]
             clip = tmp / f"clip_{size_name}.mp4"
             make_clip(clip, size, face_px, face, args.frames)
-            chosen = variants if (si == 0 and args.levers) else [v for v in variants if v[0].startswith(("before", "480-px", "default + int8"))]
+            keys = args.variants or (FIRST_SIZE if si == 0 else LATER_SIZES)
+            chosen = [VARIANTS[k] for k in keys if int8_path is not None or not VARIANTS[k][1].get("int8")]
             runs: dict[tuple[str, bool], list[dict[str, Any]]] = {}
             for _ in range(args.rounds):
                 for name, settings in chosen:
-                    key = (str(settings.get("model")) if settings.get("model") else None, settings.get("threads"))
+                    key = (bool(settings.get("int8")), settings.get("threads"))
                     if key not in transfers:
-                        transfers[key] = Transfer(settings.get("model"), device="cpu", threads=settings.get("threads"))
+                        transfers[key] = Transfer(int8_path if key[0] else None, device="cpu", threads=key[1])
                     for write in (False, True):
                         out = tmp / "out.mp4" if write else None
                         runs.setdefault((name, write), []).append(one_run(clip, out, transfers[key], settings, args.detect_every))

@@ -171,9 +171,9 @@ class DemoConfig:
     shows a progress bar (frames, ETA) for video files that announce their frame count.
 
     Speed: ``detect_size`` shrinks the copy of the frame that YuNet (the default detector) sees to
-    this many pixels on its longer side (None: the detector's own rule, 960); tracking between
-    detections keeps the boxes where the faces are, and faces of about 150 px and up in a 640x480
-    frame are still found at 480 (other detectors always see the whole frame). ``detect_thread``
+    this many pixels on its longer side (None: the detector's own rule, 960); at 480 a 640x480
+    frame is seen at 0.75x, where faces from about 100 px are found (YuNet needs about 70 px in the
+    copy); other detectors always see the whole frame. ``detect_thread``
     runs detection in a thread of its own, overlapping the generation and paste-back of the frames
     that follow; its faces reach the tracks on the next detection frame (``detect_every`` frames
     later, corrected for the lag), so the output depends on the frames only, never on timing.
