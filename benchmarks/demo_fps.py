@@ -17,13 +17,13 @@ the demo's own stage means (detect per detection, crop, generate, paste per fram
 and the CPU it cost: this process (all its threads) and ffmpeg's (the writer), in ms per frame.
 Two cores give 33 ms of CPU per frame at 60 FPS: CPU per frame above that cannot reach 60 FPS
 there, whatever overlaps. Variants of one size run interleaved, ``--rounds`` times, and the
-median is reported, so slow spells of a shared machine hit them alike; the load average is
+median is reported (the slower middle run for an even count), so slow spells of a shared machine hit them alike; the load average is
 printed before and after.
 
---avx2-limits re-runs this script with OPENCV_CPU_DISABLE=AVX512F,AVX512-SKX (OpenCV then
-dispatches to its AVX2 kernels: YuNet, resizing, colour conversion). onnxruntime picks its
-kernels from cpuid and has no such switch, so the generator still uses AVX-512 where the CPU has
-it: label such figures "AVX-512 CPU with AVX2 limits where settable", never as an AVX2 machine's.
+--avx2-limits re-runs this script with latency_machine.AVX2_LIMITS set (OpenCV then dispatches
+to its AVX2 kernels: YuNet, resizing, colour conversion). onnxruntime picks its kernels from
+cpuid and has no such switch, so the generator still uses AVX-512 where the CPU has it: such
+figures are labelled "AVX-512 CPU with AVX2 limits where settable", never an AVX2 machine's.
 """
 
 from __future__ import annotations
@@ -32,22 +32,14 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Optional
 
-AVX2_LIMITS = {"OPENCV_CPU_DISABLE": "AVX512F,AVX512-SKX", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
-
-if "--avx2-limits" in sys.argv[1:] and os.environ.get("OPENCV_CPU_DISABLE") != AVX2_LIMITS["OPENCV_CPU_DISABLE"]:
-    # OpenCV reads its switch once, when it loads: start again with it set.
-    os.environ.update(AVX2_LIMITS)
-    os.execv(sys.executable, [sys.executable, *sys.argv])
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
+import cv2
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 if (REPO / "fexsdk").is_dir() and str(REPO) not in sys.path:
@@ -61,7 +53,7 @@ from fexsdk.faces import YuNetDetector  # noqa: E402
 from fexsdk.transfer import DEFAULT_MODEL, Transfer  # noqa: E402
 from fexsdk.video import DemoConfig, run_demo  # noqa: E402
 
-from latency_machine import cpu_facts, versions  # noqa: E402
+from latency_machine import cpu_facts, isa_line, restart_with_avx2_limits, versions  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "fer2013.npz"
 #: (frame size, side of the face in pixels)
@@ -138,9 +130,10 @@ def one_run(clip: Path, out: Optional[Path], transfer: Transfer, settings: dict[
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run with the median FPS (its stage times with it), plus every run's FPS."""
+    """The run with the median FPS, the slower of the two middle ones for an even count (its stage times
+    with it), plus every run's FPS."""
     ordered = sorted(runs, key=lambda r: r["fps"])
-    mid = dict(ordered[len(ordered) // 2])
+    mid = dict(ordered[(len(ordered) - 1) // 2])
     mid["fps_runs"] = [round(r["fps"], 1) for r in runs]
     return mid
 
@@ -154,12 +147,7 @@ def _load() -> str:
 
 def machine_line() -> dict[str, Any]:
     cpu = cpu_facts()
-    limited = os.environ.get("OPENCV_CPU_DISABLE") == AVX2_LIMITS["OPENCV_CPU_DISABLE"]
-    isa = cpu["isa"].split(",")[0] + (" VNNI" if cpu["vnni"] else "")
-    if limited:
-        isa = (f"{isa} CPU with AVX2 limits where settable (OpenCV: AVX-512 off; onnxruntime: no switch, "
-               "uses what cpuid reports)")
-    return {"cpu": cpu["name"], "usable_cpus": cpu["usable_cpus"], "isa": isa, "avx2_limits": limited,
+    return {"cpu": cpu["name"], "usable_cpus": cpu["usable_cpus"], "isa": isa_line(cpu),
             "opencv_cpu_features": cv2.getCPUFeaturesLine(), "opencv_threads": cv2.getNumThreads(),
             "versions": versions()}
 
@@ -203,6 +191,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     if args.frames < 10 or args.rounds < 1 or args.detect_every < 1:
         p.error("--frames must be >= 10, --rounds and --detect-every >= 1")
+    if args.avx2_limits:
+        restart_with_avx2_limits()
     data = Path(args.data) if args.data else None
 
     machine = machine_line()

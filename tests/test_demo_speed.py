@@ -185,3 +185,39 @@ def test_cli_detect_options():
     r = subprocess.run([sys.executable, "-m", "fexsdk.cli", "demo", "--input", "x.mp4", "--detect-size", "20"],
                        cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "--detect-size: must be 0 (the detector's own size) or an integer >= 32" in r.stderr
+
+
+def test_demo_fps_benchmark_runs_the_demo_and_names_the_cpu(tmp_path):
+    out = tmp_path / "demo.json"
+    cmd = [sys.executable, str(REPO / "benchmarks" / "demo_fps.py"), "--frames", "12", "--rounds", "1",
+           "--sizes", "640x480", "--variants", "before", "480-thread", "--json", str(out)]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import json
+
+    res = json.loads(out.read_text())
+    assert res["machine"]["isa"] and res["machine"]["isa"] in r.stdout
+    rows = res["rows"]
+    assert [(x["variant"].split(":")[0], x["output"]) for x in rows] == [
+        ("before", "none"), ("before", "H.264 .mp4"),
+        ("480-px copy + detector thread (default)", "none"), ("480-px copy + detector thread (default)", "H.264 .mp4")]
+    for row in rows:
+        assert row["frames"] == 12 and row["tracks"] == 1 and row["fps"] > 0
+        assert set(row["stages_ms"]) == {"detect", "crop", "generate", "paste"}
+    assert rows[1]["ffmpeg_cpu_ms_per_frame"] > 0 and rows[0]["ffmpeg_cpu_ms_per_frame"] == 0
+
+
+def test_avx2_limits_are_labelled_never_as_an_avx2_machine(monkeypatch):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import latency_machine as lm
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    cpu = {"isa": "AVX-512, 2 FMA units", "vnni": True}
+    for k in lm.AVX2_LIMITS:
+        monkeypatch.delenv(k, raising=False)
+    assert lm.isa_line(cpu) == "AVX-512 with VNNI"
+    for k, v in lm.AVX2_LIMITS.items():
+        monkeypatch.setenv(k, v)
+    line = lm.isa_line(cpu)
+    assert line.startswith("AVX-512 with VNNI CPU with AVX2 limits where settable") and "not an AVX2 machine" in line
