@@ -188,6 +188,10 @@ def test_cli_detect_options():
 
 
 def test_demo_fps_benchmark_runs_the_demo_and_names_the_cpu(tmp_path):
+    from tests.conftest import FER_NPZ
+
+    if not FER_NPZ.is_file():
+        pytest.importorskip("skimage", reason="the clip's face: FER2013 or scikit-image's astronaut")
     out = tmp_path / "demo.json"
     cmd = [sys.executable, str(REPO / "benchmarks" / "demo_fps.py"), "--frames", "12", "--rounds", "1",
            "--sizes", "640x480", "--variants", "before", "480-thread", "--json", str(out)]
