@@ -370,7 +370,8 @@ class DemoLoop:
     :meth:`process` takes one BGR frame and returns the result (detection every
     ``detect_every`` frames, tracking, per-track noise, overlay); :meth:`handle_key`
     applies a window key; :meth:`run` reads the configured source to the end, stopping
-    cleanly (output finished) on SIGINT or SIGTERM.
+    cleanly (output finished) on SIGINT or SIGTERM, and then stops the detector thread
+    (:meth:`close`; call it after :meth:`process` yourself).
     ``transfer`` (a :class:`fexsdk.Transfer`) is built from the config when not
     given; ``display`` (anything with ``show(frame) -> key``, ``closed()`` and
     ``close()``) replaces the OpenCV window, e.g. in tests.
