@@ -131,8 +131,8 @@ class FaceTracker:
 
         ``observed`` is the frame the detections were made on when it is earlier (a detector running
         in its own thread delivers them a few frames late): they are matched against each track's box
-        as predicted for that frame and correct the track by what it was off there, so a late detection
-        does not drag a moving box back to where the face was.
+        as predicted for that frame, and the track ends up as it would be now had they arrived on time,
+        so a late detection does not drag a moving box back to where the face was.
         """
         dets = [_as_box(d) for d in detections]
         frame_index = int(frame_index)
@@ -162,9 +162,12 @@ class FaceTracker:
             box, score = dets[di]
             residual = [n - o for n, o in zip(box, then[ti])]
             dt = observed - track.last_seen
-            track.box = _valid_box(o + gain * r for o, r in zip(track.box, residual))
+            # Corrected as of `observed`, then moved on to now at the corrected speed: the state the
+            # tracker would have now had the detection arrived on time.
+            corrected = _valid_box(o + gain * r for o, r in zip(then[ti], residual))
             if self.velocity > 0 and dt > 0:
                 track.velocity = tuple(v + self.velocity * r / dt for v, r in zip(track.velocity, residual))  # type: ignore[assignment]
+            track.box = _shifted(corrected, track.velocity, lag)
             track.raw_box = box
             track.score = score
             track.hits += 1

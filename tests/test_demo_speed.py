@@ -107,6 +107,19 @@ def test_late_detections_are_matched_where_the_track_was():
     assert late.tracks[0].last_seen == k - every
 
 
+def test_a_late_detection_leaves_the_track_as_an_on_time_one_would():
+    kw = dict(smoothing=0.5, velocity=0.3)
+    on_time, late = FaceTracker(**kw), FaceTracker(**kw)
+    for t in (on_time, late):
+        t.update([(100.0, 50.0, 80.0, 80.0)], 0)
+    on_time.update([(112.0, 51.0, 82.0, 81.0)], 3)
+    on_time.predict(6)
+    late.predict(3)
+    late.update([(112.0, 51.0, 82.0, 81.0)], 6, observed=3)
+    a, b = on_time.tracks[0], late.tracks[0]
+    assert np.allclose(a.box, b.box) and np.allclose(a.velocity, b.velocity) and a.last_seen == b.last_seen == 3
+
+
 def test_late_detection_of_a_new_face_starts_a_track_from_its_own_frame():
     t = FaceTracker()
     t.update([], 0)
