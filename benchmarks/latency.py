@@ -62,7 +62,8 @@ if HERE not in sys.path:
 from fexsdk.faces import make_detector  # noqa: E402
 from fexsdk.transfer import Transfer  # noqa: E402
 
-from latency_machine import cpu_facts, cpu_peak_gflops, gpu_name, gpu_peaks, usable_cpus, versions  # noqa: E402
+from latency_machine import (cpu_facts, cpu_peak_gflops, gpu_name, gpu_peaks, isa_line,  # noqa: E402
+                             restart_with_avx2_limits, usable_cpus, versions)
 from latency_models import CPU_BATCHES, GPU_BATCHES, load_faces, onnx_metadata, resolve_models, synthetic_faces  # noqa: E402
 from latency_flops import conv_macs_onnx, conv_macs_torch  # noqa: E402
 from latency_backends import ALL_BACKENDS, Built, Skip, build_backend, model_inputs, stats_ms, time_calls  # noqa: E402
@@ -95,6 +96,9 @@ def parse_args(argv=None):
     p.add_argument("--pipeline-iters", type=int, default=30, help="timed frames per configuration at most (default 30)")
     p.add_argument("--detector", help="face detector for the pipeline: 'haar' (default) or a YuNet .onnx / SSD .pb path")
     p.add_argument("--keep-models", metavar="DIR", help="keep the models made here (exported, int8, engines) in DIR")
+    p.add_argument("--avx2-limits", action="store_true",
+                   help="hold PyTorch and OpenCV to AVX2 on an AVX-512 CPU (onnxruntime has no switch: the figures are "
+                        "labelled, never an AVX2 machine's)")
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args(argv)
     for name in ("iters", "min_iters", "pipeline_iters", "calib_count", "parity_count"):
@@ -113,6 +117,8 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict[str, Any]:
     args = parse_args(argv)
+    if args.avx2_limits:
+        restart_with_avx2_limits()
     torch_threads = None
     try:
         import torch
@@ -131,7 +137,7 @@ def main(argv=None) -> dict[str, Any]:
         load1 = os.getloadavg()[0]
     except (AttributeError, OSError):
         load1 = None
-    machine = {"cpu": cpu, "platform": platform.platform(), "gpu": gname, "gpu_source": gsource,
+    machine = {"cpu": cpu, "isa": isa_line(cpu), "platform": platform.platform(), "gpu": gname, "gpu_source": gsource,
                "loadavg_1min": load1, "torch_threads": torch_threads, "versions": versions(), "busy_warning": None}
     if load1 is not None and load1 >= 0.5 * cpu["usable_cpus"] and (args.threads or 2) > 1:
         machine["busy_warning"] = (

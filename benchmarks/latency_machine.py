@@ -9,6 +9,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -81,6 +82,32 @@ def cpu_facts() -> dict[str, Any]:
         "physical_cores": len(cores) or len(usable), "mhz": mhz, "flops_per_cycle_per_core": per_cycle, "isa": isa,
         "vnni": bool({"avx512_vnni", "avx_vnni"} & flags),
     }
+
+
+#: What holds a library to AVX2 on a CPU with AVX-512, for each library that has a switch: PyTorch
+#: (ATen's kernels, oneDNN) and OpenCV (its dispatched kernels). onnxruntime picks its kernels from
+#: cpuid and has none, so no run here is a real AVX2 machine's.
+AVX2_LIMITS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "OPENCV_CPU_DISABLE": "AVX512F,AVX512-SKX"}
+
+
+def avx2_limited() -> bool:
+    return all(os.environ.get(k) == v for k, v in AVX2_LIMITS.items())
+
+
+def restart_with_avx2_limits() -> None:
+    """Run this script again with :data:`AVX2_LIMITS` set (the libraries read them once, when they load)."""
+    if not avx2_limited():
+        os.environ.update(AVX2_LIMITS)
+        os.execv(sys.executable, [sys.executable, *sys.argv])
+
+
+def isa_line(cpu: dict[str, Any]) -> str:
+    """The instruction set the CPU offers, and what this run lets the libraries use of it."""
+    base = cpu["isa"].split(",")[0] + (" with VNNI" if cpu["vnni"] else "")
+    if avx2_limited():
+        return (f"{base} CPU with AVX2 limits where settable (PyTorch and OpenCV held to AVX2; onnxruntime has "
+                "no switch and uses what the CPU offers): not an AVX2 machine's figures")
+    return base
 
 
 def cpu_peak_gflops(cpu: dict[str, Any], threads: Optional[int]) -> tuple[float, str]:

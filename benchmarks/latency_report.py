@@ -25,6 +25,7 @@ def print_report(res: dict[str, Any]) -> None:
           f"noise {model['noise_size']}, {model['precision']}")
     print(f"# machine: {mach['cpu']['name']}, {mach['cpu']['usable_cpus']} usable CPU(s) "
           f"({mach['cpu']['physical_cores']} core(s)), load avg {fmt(mach.get('loadavg_1min'))}; GPU: {gpu}")
+    print(f"# ISA: {mach.get('isa') or mach['cpu']['isa']}")
     print(f"# threads: onnxruntime intra-op {res['options']['threads'] or 'default'}, torch {mach.get('torch_threads', '-')}")
     if mach.get("busy_warning"):
         print(f"# WARNING: {mach['busy_warning']}")

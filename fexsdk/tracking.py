@@ -56,6 +56,13 @@ def _valid_box(box: Sequence[float]) -> Box:
     return (float(x), float(y), max(float(w), 1.0), max(float(h), 1.0))
 
 
+def _shifted(box: Box, velocity: Box, frames: int) -> Box:
+    """``box`` moved on (or, for negative ``frames``, back) by ``frames`` frames at ``velocity``."""
+    if not frames or not any(velocity):
+        return box
+    return _valid_box(b + v * frames for b, v in zip(box, velocity))
+
+
 class FaceTracker:
     """Boxes from a detector that runs every few frames -> stable, smoothed face tracks.
 
@@ -111,9 +118,7 @@ class FaceTracker:
             raise ValueError(f"frame_index went backwards ({frame_index} after {self._last_frame})")
         self._last_frame = frame_index
         for t in self._tracks:
-            dt = frame_index - t.updated
-            if dt > 0 and any(t.velocity):
-                t.box = _valid_box(b + v * dt for b, v in zip(t.box, t.velocity))
+            t.box = _shifted(t.box, t.velocity, max(0, frame_index - t.updated))
             t.updated = frame_index
 
     def predict(self, frame_index: int) -> list[Track]:
@@ -121,15 +126,27 @@ class FaceTracker:
         self._advance(frame_index)
         return self.tracks
 
-    def update(self, detections: Sequence[Any], frame_index: int) -> list[Track]:
-        """Feed the detections of frame ``frame_index``; returns the live tracks in id order."""
+    def update(self, detections: Sequence[Any], frame_index: int, observed: Optional[int] = None) -> list[Track]:
+        """Feed detections at frame ``frame_index``; returns the live tracks in id order.
+
+        ``observed`` is the frame the detections were made on when it is earlier (a detector running
+        in its own thread delivers them a few frames late): they are matched against each track's box
+        as predicted for that frame, and the track ends up as it would be now had they arrived on time,
+        so a late detection does not drag a moving box back to where the face was.
+        """
         dets = [_as_box(d) for d in detections]
-        self._advance(frame_index)
         frame_index = int(frame_index)
+        observed = frame_index if observed is None else int(observed)
+        if observed > frame_index:
+            raise ValueError(f"observed must be <= frame_index (detections cannot come from a later frame), "
+                             f"got observed={observed}, frame_index={frame_index}")
+        self._advance(frame_index)
+        lag = frame_index - observed
+        then = [_shifted(t.box, t.velocity, -lag) for t in self._tracks]  # each track's box at `observed`
         pairs = []
         for ti, track in enumerate(self._tracks):
             for di, (box, _) in enumerate(dets):
-                iou = box_iou(track.box, box)
+                iou = box_iou(then[ti], box)
                 if iou >= self.iou_threshold:
                     pairs.append((-iou, ti, di))
         pairs.sort()
@@ -143,16 +160,19 @@ class FaceTracker:
             used_d.add(di)
             track = self._tracks[ti]
             box, score = dets[di]
-            residual = [n - o for n, o in zip(box, track.box)]
-            dt = frame_index - track.last_seen
-            track.box = _valid_box(o + gain * r for o, r in zip(track.box, residual))
+            residual = [n - o for n, o in zip(box, then[ti])]
+            dt = observed - track.last_seen
+            # Corrected as of `observed`, then moved on to now at the corrected speed: the state the
+            # tracker would have now had the detection arrived on time.
+            corrected = _valid_box(o + gain * r for o, r in zip(then[ti], residual))
             if self.velocity > 0 and dt > 0:
                 track.velocity = tuple(v + self.velocity * r / dt for v, r in zip(track.velocity, residual))  # type: ignore[assignment]
+            track.box = _shifted(corrected, track.velocity, lag)
             track.raw_box = box
             track.score = score
             track.hits += 1
             track.misses = 0
-            track.last_seen = frame_index
+            track.last_seen = observed
         for ti, track in enumerate(self._tracks):
             if ti not in used_t:
                 track.misses += 1
@@ -164,7 +184,7 @@ class FaceTracker:
             tid = self._next_id
             self._next_id += 1
             self.created += 1
-            self._tracks.append(Track(tid, box, box, score, first_frame=frame_index, last_seen=frame_index,
+            self._tracks.append(Track(tid, box, box, score, first_frame=observed, last_seen=observed,
                                       updated=frame_index))
         self._tracks.sort(key=lambda t: t.id)
         return self.tracks

@@ -10,9 +10,10 @@ import signal
 import sys
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import cv2
 import numpy as np
@@ -31,7 +32,7 @@ from fexsdk.capture import (  # noqa: F401
     open_video_sink,
 )
 from fexsdk.emotions import EMOTIONS, emotion_index
-from fexsdk.faces import box_iou
+from fexsdk.faces import YuNetDetector, box_iou
 from fexsdk.paste import MAX_STRENGTH
 from fexsdk.tracking import Box, FaceTracker, Track  # noqa: F401
 
@@ -168,6 +169,14 @@ class DemoConfig:
     ``fourcc`` forces OpenCV's VideoWriter with that codec (no audio); without it the output
     is written by ffmpeg where it can (:func:`fexsdk.capture.open_video_sink`). ``progress``
     shows a progress bar (frames, ETA) for video files that announce their frame count.
+
+    Speed: ``detect_size`` shrinks the copy of the frame that YuNet (the default detector) sees to
+    this many pixels on its longer side (None: the detector's own rule, 960); at 480 a 640x480
+    frame is seen at 0.75x, where faces from about 100 px are found (YuNet needs about 70 px in the
+    copy); other detectors always see the whole frame. ``detect_thread``
+    runs detection in a thread of its own, overlapping the generation and paste-back of the frames
+    that follow; its faces reach the tracks on the next detection frame (``detect_every`` frames
+    later, corrected for the lag), so the output depends on the frames only, never on timing.
     """
 
     camera: Optional[int] = None
@@ -185,6 +194,8 @@ class DemoConfig:
     seed: Optional[int] = 0
     strength: float = 1.0
     detect_every: int = 3
+    detect_size: Optional[int] = 480
+    detect_thread: bool = True
     max_frames: Optional[int] = None
     iou_threshold: float = 0.3
     smoothing: float = 0.5
@@ -218,6 +229,12 @@ class DemoConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        if self.detect_size is not None and (isinstance(self.detect_size, bool) or not isinstance(self.detect_size, int)
+                                             or self.detect_size < 32):
+            raise ValueError("detect_size must be an integer >= 32 (pixels on the longer side of the copy the "
+                             f"face detector sees) or None (the detector's own size), got {self.detect_size!r}")
+        if not isinstance(self.detect_thread, bool):
+            raise ValueError(f"detect_thread must be True or False, got {self.detect_thread!r}")
         if self.max_frames is not None and (isinstance(self.max_frames, bool) or not isinstance(self.max_frames, int)
                                             or self.max_frames < 1):
             raise ValueError(f"max_frames must be an integer >= 1 (or None for no limit), got {self.max_frames!r}")
@@ -354,7 +371,8 @@ class DemoLoop:
     :meth:`process` takes one BGR frame and returns the result (detection every
     ``detect_every`` frames, tracking, per-track noise, overlay); :meth:`handle_key`
     applies a window key; :meth:`run` reads the configured source to the end, stopping
-    cleanly (output finished) on SIGINT or SIGTERM.
+    cleanly (output finished) on SIGINT or SIGTERM, and then stops the detector thread
+    (:meth:`close`; call it after :meth:`process` yourself).
     ``transfer`` (a :class:`fexsdk.Transfer`) is built from the config when not
     given; ``display`` (anything with ``show(frame) -> key``, ``closed()`` and
     ``close()``) replaces the OpenCV window, e.g. in tests.
@@ -380,6 +398,10 @@ class DemoLoop:
         self.quit = False
         self._faces = 0
         self._bar: Any = None
+        self._detect_call: Optional[Callable[[np.ndarray], list]] = None
+        self._detector_thread: Optional[ThreadPoolExecutor] = None
+        #: The detection running in the detector thread: (the frame it sees, its result to come).
+        self._pending: Optional[tuple[int, Future]] = None
 
     # -- pieces -------------------------------------------------------------------
     @property
@@ -415,6 +437,59 @@ class DemoLoop:
                                      align=c.align)
         return self.transfer
 
+    def _detector(self) -> Callable[[np.ndarray], list]:
+        """The demo's detection call: the Transfer's YuNet rebuilt to see a copy of at most
+        ``detect_size`` pixels (same model file, thresholds and crop framing); any other detector as it is."""
+        if self._detect_call is None:
+            tr = self.load_transfer()
+            det = getattr(tr, "detector", None)
+            size = self.config.detect_size
+            if size is not None and getattr(det, "name", None) == "yunet" and getattr(det, "path", None) is not None:
+                small = YuNetDetector(det.path, score_threshold=det.score_threshold, nms_threshold=det.nms_threshold,
+                                      top_k=det.top_k, min_face=det.min_face, input_size=size)
+                self._detect_call = small.detect
+            else:
+                self._detect_call = tr.detect
+        return self._detect_call
+
+    def _timed_detect(self, image: np.ndarray) -> list:
+        t0 = time.perf_counter()
+        faces = self._detector()(image)
+        self.stages["detect"].add(time.perf_counter() - t0)
+        return faces
+
+    def _detect(self, image: np.ndarray, index: int) -> list[Track]:
+        """Detection on frame ``index``; returns the tracks to draw on it.
+
+        Inline, this frame's faces update the tracks. With ``detect_thread``, the faces of the previous
+        detection frame update them (as seen on that frame) and this frame's detection starts in the
+        detector thread, overlapping this frame's and the next frames' generation and paste; it is
+        awaited at once only while there is no track (nothing to overlap, and a face should not
+        appear late). Which frame's faces update the tracks never depends on timing.
+        """
+        self._detector()  # built in this thread, so a bad detector fails here
+        self.detections += 1
+        if not self.config.detect_thread:
+            return self.tracker.update(self._timed_detect(image), index)
+        if self._pending is not None:
+            seen, future = self._pending
+            self._pending = None
+            self.tracker.update(future.result(), index, observed=seen)
+        if self._detector_thread is None:
+            self._detector_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fex-detect")
+        future = self._detector_thread.submit(self._timed_detect, image)
+        if self.tracker.tracks:
+            self._pending = (index, future)
+            return self.tracker.predict(index)
+        return self.tracker.update(future.result(), index)
+
+    def close(self) -> None:
+        """Stop the detector thread (a detection still running is finished and dropped)."""
+        self._pending = None
+        if self._detector_thread is not None:
+            self._detector_thread.shutdown(wait=True)
+            self._detector_thread = None
+
     def process(self, image: np.ndarray) -> np.ndarray:
         """One frame in, the result out, with the overlay if this config draws it where the frames go:
         in a window unless ``overlay=False``; without a window (a file, headless) only with ``overlay=True``."""
@@ -428,11 +503,7 @@ class DemoLoop:
         index = self.frame_index
         self.frame_index += 1
         if index % c.detect_every == 0:
-            t0 = time.perf_counter()
-            faces = tr.detect(image)
-            self.stages["detect"].add(time.perf_counter() - t0)
-            self.detections += 1
-            tracks = self.tracker.update(faces, index)
+            tracks = self._detect(image, index)
         else:
             tracks = self.tracker.predict(index)
         # A track moving on at its estimated speed can leave the frame before it is dropped: skip it.
@@ -590,6 +661,7 @@ class DemoLoop:
                 self._bar.close()
                 self._bar = None
             reader.stop()
+            self.close()
             try:
                 if sink is not None:
                     stats.written = sink.frames
