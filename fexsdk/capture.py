@@ -384,7 +384,7 @@ class _Format:
     extra: tuple[str, ...] = ()
 
 
-_H264 = ("-c:v", "libx264", "-preset", "medium", "-crf", str(H264_CRF), "-pix_fmt", "yuv420p")
+_H264 = ("-c:v", "libx264", "-preset", "veryfast", "-crf", str(H264_CRF), "-pix_fmt", "yuv420p")
 _MP4_AUDIO = frozenset({"aac", "mp3", "alac", "ac3", "eac3", "opus"})
 _AAC = (("-c:a", "aac", "-b:a", "192k"), "aac")
 _MP4 = _Format(f"H.264 (libx264, crf {H264_CRF}, yuv420p)", _H264, _MP4_AUDIO, _AAC, even=True,

@@ -4,10 +4,12 @@ smoothed boxes, each with its own noise seed, so transferred faces do not jitter
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
-from fexsdk.faces import box_iou
+import numpy as np
+
+from fexsdk.faces import Face, box_iou
 
 __all__ = ["Box", "FaceTracker", "Track"]
 
@@ -36,7 +38,8 @@ class Track:
     tracker does not predict). ``raw_box`` is the last detection matched to the
     track. ``id`` is also the face's id for its dropout noise (fexsdk.noise.noise_for), so
     a face keeps its noise for the track's whole life. ``misses`` counts the detections in a row
-    that did not see the face.
+    that did not see the face. ``landmarks`` are those of the last detection matched to the track
+    (in the image, as of ``raw_box``), where the detector gives them.
     """
 
     id: int
@@ -49,6 +52,17 @@ class Track:
     last_seen: int = 0
     updated: int = 0
     velocity: Box = (0.0, 0.0, 0.0, 0.0)
+    landmarks: Optional[np.ndarray] = field(default=None, compare=False)
+
+    def face(self) -> Face:
+        """The track as a Face for ``Transfer``: its box, and the last detection's landmarks moved and
+        scaled from ``raw_box`` onto ``box``, so that crops stay aligned between detections."""
+        if self.landmarks is None:
+            return Face(self.box, self.score)
+        rx, ry, rw, rh = self.raw_box
+        x, y, w, h = self.box
+        moved = (self.landmarks - (rx, ry)) * (w / rw, h / rh) + (x, y)
+        return Face(self.box, self.score, moved.astype(np.float32))
 
 
 def _valid_box(box: Sequence[float]) -> Box:
@@ -135,6 +149,7 @@ class FaceTracker:
         so a late detection does not drag a moving box back to where the face was.
         """
         dets = [_as_box(d) for d in detections]
+        marks = [getattr(d, "landmarks", None) for d in detections]
         frame_index = int(frame_index)
         observed = frame_index if observed is None else int(observed)
         if observed > frame_index:
@@ -169,6 +184,7 @@ class FaceTracker:
                 track.velocity = tuple(v + self.velocity * r / dt for v, r in zip(track.velocity, residual))  # type: ignore[assignment]
             track.box = _shifted(corrected, track.velocity, lag)
             track.raw_box = box
+            track.landmarks = marks[di]
             track.score = score
             track.hits += 1
             track.misses = 0
@@ -185,6 +201,6 @@ class FaceTracker:
             self._next_id += 1
             self.created += 1
             self._tracks.append(Track(tid, box, box, score, first_frame=observed, last_seen=observed,
-                                      updated=frame_index))
+                                      updated=frame_index, landmarks=marks[di]))
         self._tracks.sort(key=lambda t: t.id)
         return self.tracks

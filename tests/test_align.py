@@ -221,3 +221,31 @@ def test_cli_no_align(tiny_onnx, tilted, tmp_path, monkeypatch):
     for flag in ([], ["--no-align"]):
         assert main(["demo", "--input", str(src), "--headless", *flag]) == 0
     assert seen == [True, False]
+
+
+def test_a_track_carries_its_detections_landmarks_along_with_its_box():
+    from fexsdk.tracking import FaceTracker
+
+    marks = np.array([[30, 40], [70, 40], [50, 60], [35, 80], [65, 80]], np.float32)
+    tracker = FaceTracker(smoothing=0.0, velocity=1.0)
+    tracker.update([Face((10, 20, 80, 80), 0.9, marks)], 0)
+    moved = marks + (6, 2)
+    tracker.update([Face((16, 22, 80, 80), 0.9, moved)], 1)
+    face = tracker.predict(2)[0].face()  # moved on by the track's speed: 6 px right, 2 px down more
+    assert face.box == pytest.approx((22, 24, 80, 80))
+    assert np.allclose(face.landmarks, marks + (12, 4))
+    assert tracker.update([(22, 24, 80, 80)], 3)[0].face().landmarks is None  # a box alone has none
+
+
+def test_demo_aligns_tracked_faces(tiny_onnx, tilted):
+    from fexsdk.video import DemoConfig, DemoLoop
+
+    outs = {}
+    for align in (True, False):
+        loop = DemoLoop(DemoConfig(headless=True, overlay=False, detect_every=2, detect_thread=False, quiet=True,
+                                   align=align), transfer=Transfer(tiny_onnx, align=align))
+        outs[align] = [loop.process(tilted) for _ in range(3)]  # frames 1 and 2 come from the track
+        assert loop.tracker.tracks[0].landmarks is not None
+        loop.close()
+    for on, off in zip(outs[True], outs[False]):
+        assert not np.array_equal(on, off)  # the tracked face is turned upright, not only the detected one

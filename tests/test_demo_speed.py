@@ -38,7 +38,7 @@ class ScriptedTransfer:
         return [] if box is None else [Face(box, 0.9)]
 
     def frame(self, image, faces, face_ids=None):
-        self.changed.append([tuple(f) for f in faces])
+        self.changed.append([tuple(f.box) for f in faces])
         return []
 
     def crop(self, image, records):

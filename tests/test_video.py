@@ -465,7 +465,7 @@ def test_a_track_that_drifts_off_the_frame_is_skipped_not_an_error():
             return [Face((600.0, 100.0, 80.0, 80.0), 1.0)]
 
         def frame(self, image, faces, face_ids=None):  # the stages the demo runs
-            self.calls.append(list(faces))
+            self.calls.append([f.box for f in faces])
             return []
 
         def crop(self, image, records):
