@@ -1,9 +1,14 @@
 """Training throughput (images/s through D) of each preset on this machine at 48x48 gray.
 
     python benchmarks/train_speed.py [--presets stargan skip-dropout-small] [--steps 30] [--json out.json]
+    python benchmarks/train_speed.py --presets fex-small --precisions bf16 --threads 1 \
+        --variants plain channels-last compile-g --repeats 3
 
 Runs the real training step on synthetic data: warm-up, then timed steps, for
-FP32 and bf16 autocast and, optionally, several thread counts.
+FP32 and bf16 autocast and, optionally, several thread counts. ``--variants``
+measures speed-only levers on the same step (weights in channels-last memory
+format; ``torch.compile`` of the generator), each round of variants timed back
+to back so that a busy machine slows them alike; the best round is kept.
 """
 
 from __future__ import annotations
@@ -20,17 +25,49 @@ from fexsdk.training.presets import list_presets
 from fexsdk.training.trainer import TrainConfig, Trainer
 
 
+#: Speed-only levers: they change how the step runs, not what it computes.
+VARIANTS = ("plain", "channels-last", "compile-g")
+
+
+def make_trainer(preset: str, precision: str, threads: int, batch: int, variant: str, tmp: str) -> Trainer:
+    cfg = TrainConfig(preset=preset, synthetic=max(256, batch * 4), out=tmp, batch_size=batch, precision=precision,
+                      threads=threads, max_steps=10**6, progress=False)
+    t = Trainer(cfg)
+    if variant == "channels-last":
+        for m in (t.G, t.D):
+            m.to(memory_format=torch.channels_last)
+    elif variant == "compile-g":
+        # Only G: R1 differentiates D's gradient, which compiled graphs do not support.
+        t.G = torch.compile(t.G)
+    elif variant != "plain":
+        raise ValueError(f"unknown variant {variant!r}; choose from {VARIANTS}")
+    for _ in range(10):  # warm-up (and compilation), including G steps
+        t.train_step()
+    return t
+
+
+def timed(t: Trainer, steps: int, batch: int) -> float:
+    start = time.perf_counter()
+    for _ in range(steps):
+        t.train_step()
+    return steps * batch / (time.perf_counter() - start)
+
+
 def measure(preset: str, precision: str, threads: int, steps: int, batch: int) -> float:
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = TrainConfig(preset=preset, synthetic=max(256, batch * 4), out=tmp, batch_size=batch, precision=precision,
-                          threads=threads, max_steps=10**6, progress=False)
-        t = Trainer(cfg)
-        for _ in range(5):  # warm-up, including one G step
-            t.train_step()
-        start = time.perf_counter()
-        for _ in range(steps):
-            t.train_step()
-        return steps * batch / (time.perf_counter() - start)
+        return timed(make_trainer(preset, precision, threads, batch, "plain", tmp), steps, batch)
+
+
+def measure_variants(preset: str, precision: str, threads: int, steps: int, batch: int, variants: list[str],
+                     repeats: int) -> dict[str, float]:
+    """Best-of-``repeats`` images/s per variant, the variants timed in turn within each round."""
+    best = dict.fromkeys(variants, 0.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainers = {v: make_trainer(preset, precision, threads, batch, v, f"{tmp}/{v}") for v in variants}
+        for _ in range(repeats):
+            for v, t in trainers.items():
+                best[v] = max(best[v], timed(t, steps, batch))
+    return best
 
 
 def cpu_name() -> str:
@@ -51,7 +88,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30, help="timed iterations (one D step each; G every 5th)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", help="also write the results here")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, help="compare speed-only levers instead")
+    p.add_argument("--repeats", type=int, default=3, help="rounds per variant with --variants (best kept)")
     args = p.parse_args()
+    if args.variants:
+        return main_variants(args)
 
     print(f"# training images/s at 48x48 gray, batch {args.batch_size}, 5 D steps per G step")
     print(f"# {cpu_name()}, torch {torch.__version__}")
@@ -63,6 +104,25 @@ def main() -> None:
                 ips = measure(preset, precision, threads, args.steps, args.batch_size)
                 rows.append({"preset": preset, "precision": precision, "threads": threads, "images_per_s": ips})
                 print(f"{preset:20s} {precision:9s} {threads:7d} {ips:9.1f}", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"cpu": cpu_name(), "torch": torch.__version__, "rows": rows}, f, indent=2)
+
+
+def main_variants(args: argparse.Namespace) -> None:
+    print(f"# training images/s at 48x48 gray, batch {args.batch_size}, best of {args.repeats} rounds")
+    print(f"# {cpu_name()}, torch {torch.__version__}")
+    print(f"{'preset':20s} {'precision':9s} {'threads':>7s} {'variant':14s} {'images/s':>9s}")
+    rows = []
+    for preset in args.presets:
+        for precision in args.precisions:
+            for threads in args.threads:
+                res = measure_variants(preset, precision, threads, args.steps, args.batch_size, args.variants,
+                                       args.repeats)
+                for v, ips in res.items():
+                    rows.append({"preset": preset, "precision": precision, "threads": threads, "variant": v,
+                                 "batch_size": args.batch_size, "images_per_s": ips})
+                    print(f"{preset:20s} {precision:9s} {threads:7d} {v:14s} {ips:9.1f}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"cpu": cpu_name(), "torch": torch.__version__, "rows": rows}, f, indent=2)

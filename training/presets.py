@@ -40,6 +40,9 @@ class LossConfig:
     #: (painting is the exception: most of the expression should come from moving pixels).
     lambda_flow_tv: float = 1.0
     lambda_mask: float = 1.0
+    #: Warp heads with paint: weight of the mask's total variation. A hard, thin mask lets the generator
+    #: paint dark bars over the face; a smooth one has to blend its paint in (GANimation's mask TV).
+    lambda_mask_tv: float = 0.0
 
     def validate(self) -> None:
         if self.perceptual_mode not in ("replace", "add"):
@@ -190,6 +193,19 @@ def fex_small_smoothflow() -> Preset:
     return Preset("fex-small-smoothflow",
                   "fex-small-flow with the flow on a 6x6 control grid, at most 4 px at 48x48 (issue 13)",
                   gen, _fex_loss(), d_conv_dim=32, n_critic=1)
+
+
+@register_preset
+def fex_small_softwarp() -> Preset:
+    """fex-small-warp tamed: a fold-free flow of at most 2 px at 48x48 on 4-px cells, and a smooth paint mask."""
+    gen = _fex_generator(32, 3)
+    gen.input_skip, gen.output = False, "warp"
+    gen.flow_cell, gen.max_flow = 4, 0.08
+    loss = _fex_loss()
+    loss.lambda_mask_tv = 1.0
+    return Preset("fex-small-softwarp",
+                  "fex-small-warp with the flow on 4-px cells (at most 2 px at 48x48) and a smooth paint mask (issue 13)",
+                  gen, loss, d_conv_dim=32, n_critic=1)
 
 
 @register_preset

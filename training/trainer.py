@@ -165,7 +165,7 @@ def git_commit() -> str:
 
 #: Columns of scalars.csv (G columns are NaN for an interval without a G step).
 LOG_KEYS = ("lr", "D/loss_real", "D/loss_fake", "D/loss_cls", "D/loss_gp", "D/loss_r1",
-            "G/loss_fake", "G/loss_cls", "G/loss_rec", "G/loss_rec_feat", "G/loss_flow_tv", "G/loss_mask")
+            "G/loss_fake", "G/loss_cls", "G/loss_rec", "G/loss_rec_feat", "G/loss_flow_tv", "G/loss_mask", "G/loss_mask_tv")
 
 
 class DomainStream:
@@ -206,6 +206,11 @@ def gradient_penalty(D: Discriminator, real: torch.Tensor, fake: torch.Tensor) -
     src, _ = D(x_hat)
     (grad,) = torch.autograd.grad(src.sum(), x_hat, create_graph=True)
     return ((grad.flatten(1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+def total_variation(t: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between vertical plus horizontal neighbours of a (B, C, H, W) map."""
+    return (t[..., 1:, :] - t[..., :-1, :]).abs().mean() + (t[..., :, 1:] - t[..., :, :-1]).abs().mean()
 
 
 def r1_penalty(D: Discriminator, real: torch.Tensor) -> torch.Tensor:
@@ -445,11 +450,12 @@ class Trainer:
                     parts = self.G.forward_parts(x_real, c_trg)
                     x_fake = parts.image
                     flow_px = parts.flow * (cfg.image_size / 2)
-                    g_tv = (flow_px[..., 1:, :] - flow_px[..., :-1, :]).abs().mean() + \
-                        (flow_px[..., :, 1:] - flow_px[..., :, :-1]).abs().mean()
+                    g_tv = total_variation(flow_px)
                     g_mask = parts.mask.mean()
-                    warp_terms = lc.lambda_flow_tv * g_tv + lc.lambda_mask * g_mask
-                    logs.update({"G/loss_flow_tv": g_tv.item(), "G/loss_mask": g_mask.item()})
+                    g_mask_tv = total_variation(parts.mask)
+                    warp_terms = lc.lambda_flow_tv * g_tv + lc.lambda_mask * g_mask + lc.lambda_mask_tv * g_mask_tv
+                    logs.update({"G/loss_flow_tv": g_tv.item(), "G/loss_mask": g_mask.item(),
+                                 "G/loss_mask_tv": g_mask_tv.item()})
                 else:
                     x_fake = self.G(x_real, c_trg)
                 src, cls = self.D(x_fake)
