@@ -1,5 +1,6 @@
 """Issue 12's generator training: resize-conv up-sampling, the EMA generator, the R1 recipe, the GPU script."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -201,3 +202,19 @@ def test_gpu_script_tiny_cpu_run(tmp_path):
     # The slim checkpoint is usable as a model.
     G = generator_from_checkpoint(back / "gpu" / "weights" / "tiny-r1.pt")
     assert G.config.upsample == "nearest"
+
+
+def test_gpu_groups_name_known_runs_and_their_flags_parse():
+    """Every run of every GPU group exists, and its flags are ones `fex train` accepts (a typo would cost a GPU call)."""
+    from fexsdk.training.commands import _add_train
+    from fexsdk.training.gpu_run import GPU_RUNS, GROUPS
+    from fexsdk.training.presets import list_presets
+
+    runs = {r.name: r for r in GPU_RUNS}
+    for group, names in GROUPS.items():
+        assert names and set(names) <= set(runs), group
+    parser = argparse.ArgumentParser()
+    _add_train(parser.add_subparsers())
+    for r in GPU_RUNS:
+        assert r.preset in list_presets()
+        parser.parse_args(["train", "--preset", r.preset, "--batch-size", str(r.batch_size), *r.flags])

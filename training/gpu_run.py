@@ -17,6 +17,9 @@ Try it on the CPU first with ``--tiny`` (the tiny preset, seconds per run)::
 On the GPU (``bash training/gpu_run.sh`` does this and packs OUT for the trip back)::
 
     python -m fexsdk.training.gpu_run --data .gpudata/fer2013_packed.npz --minutes 6 --out $OUT/gpu
+
+``--group levers`` trains the lever sweep instead (lambda_cls, width, depth, batch, the softer warp
+head, each beside fex-small-r1): ``bash training/gpu_run.sh DATA "$OUT" 6 --group levers``.
 """
 
 from __future__ import annotations
@@ -57,9 +60,22 @@ GPU_RUNS = [
     Run("fex-small-warp", "fex-small-warp", 64),
     #: Not in the first call (2026-11-27); run alone with --only fex-small-flow.
     Run("fex-small-flow", "fex-small-flow", 64),
+    # The lever sweep (issue 12), each against fex-small-r1 at equal wall-clock: --group levers.
+    Run("fex-small-cls1", "fex-small", 64, ["--lambda-cls", "1"]),
+    Run("fex-small-cls6", "fex-small", 64, ["--lambda-cls", "6"]),
+    Run("fex-small-w48", "fex-small", 64, ["--conv-dim", "48"]),
+    Run("fex-small-deep", "fex-small", 64, ["--n-res", "6"]),
+    Run("fex-small-b256", "fex-small", 256),
+    Run("fex-small-softwarp", "fex-small-softwarp", 64),
 ]
-#: What a call trains unless --only names runs.
-DEFAULT_RUNS = ["skip-dropout-wgan", "fex-r1", "fex-small-r1", "fex-small-wgan", "fex-small-warp"]
+#: Named sets of runs for one call; --only picks runs by name instead.
+GROUPS = {
+    "default": ["skip-dropout-wgan", "fex-r1", "fex-small-r1", "fex-small-wgan", "fex-small-warp"],
+    "levers": ["fex-small-r1", "fex-small-cls1", "fex-small-cls6", "fex-small-w48", "fex-small-deep", "fex-small-b256",
+               "fex-small-softwarp"],
+}
+#: What a call trains unless --group or --only says otherwise.
+DEFAULT_RUNS = GROUPS["default"]
 
 TINY_RUNS = [
     Run("tiny-wgan", "tiny", 8),
@@ -152,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny presets, a few seconds, 64 test faces")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--threads", type=int, default=4, help="CPU threads per training process")
+    p.add_argument("--group", choices=sorted(GROUPS), default="default", help="which set of runs to train side by side")
     p.add_argument("--only", nargs="+", metavar="RUN", help=f"train only these runs of {[r.name for r in GPU_RUNS]}")
     p.add_argument("--deadline", type=float, default=0, metavar="S",
                    help="stop waiting for evaluations S seconds after the start and write what is there (0: no limit)")
@@ -162,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.tiny:
         runs = TINY_RUNS
     else:
-        names = a.only or DEFAULT_RUNS
+        names = a.only or GROUPS[a.group]
         unknown = set(names) - {r.name for r in GPU_RUNS}
         if unknown:
             raise SystemExit(f"unknown run(s) {sorted(unknown)}; known: {[r.name for r in GPU_RUNS]}")
