@@ -101,7 +101,7 @@ def _check_image_output(output: str, inputs: Sequence[str] = ()) -> None:
 
 def _add_runtime(sub: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", help="model file (.onnx, .engine, .pt); default: the bundled model")
+    common.add_argument("--model", help="bundled model name (default, ...) or model file (.onnx, .engine, .pt); default: default")
     common.add_argument("--detector", help="yunet (default: the YuNet model shipped in fexsdk), haar (OpenCV's cascade), a YuNet .onnx path or an SSD .pb path")
     common.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where the model runs: auto (a GPU when the backend has one), cpu or cuda")
@@ -287,7 +287,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     overlay.add_argument("--no-overlay", dest="overlay", action="store_false",
                          help="do not draw them in the window either")
     p.add_argument("--no-align", action="store_true", help="do not turn tilted faces upright by their eye landmarks")
-    p.add_argument("--model", help="model file (.onnx, .engine, .pt); default: the bundled model")
+    p.add_argument("--model", help="bundled model name (default, ...) or model file (.onnx, .engine, .pt); default: default")
     p.add_argument("--detector", help="yunet (default: the YuNet model shipped in fexsdk), haar (OpenCV's cascade), a YuNet .onnx path or an SSD .pb path")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where the model runs: auto (a GPU when the backend has one), cpu or cuda")

@@ -412,12 +412,12 @@ class FexService:
 
     def __init__(self, options: Optional[Mapping[str, Any]] = None, _use_serve_batch: bool = True) -> None:
         from fexsdk.faces import make_detector
-        from fexsdk.transfer import DEFAULT_MODEL, Transfer
+        from fexsdk.transfer import Transfer, resolve_model
 
         self.opts = ServeOptions.from_args(options)
         o = self.opts
         self.transfer = Transfer(o.model, device=o.device, detector=o.detector, blend=o.blend, threads=o.threads)
-        self.model_path = Path(o.model) if o.model else DEFAULT_MODEL
+        self.model_path = Path(resolve_model(o.model))
         self.backend = self.transfer.backend
         self.meta = self.transfer.meta
         self.stats = {"requests": 0, "errors": 0, "faces": 0, "generator_calls": 0, "largest_batch": 0}

@@ -22,8 +22,32 @@ from fexsdk.noise import draw_noise, noise_for
 from fexsdk.paste import BLEND_MODES, MAX_STRENGTH, paste_back
 from fexsdk.warp_paste import paste_warp
 
-#: The model that ships inside the package.
-DEFAULT_MODEL = Path(__file__).resolve().parent / "models" / "default.onnx"
+#: Models that ship inside the package live here, one ``NAME.onnx`` with its card ``NAME.json`` each.
+BUNDLED_DIR = Path(__file__).resolve().parent / "models"
+#: The model that ships inside the package and is used when none is named.
+DEFAULT_MODEL = BUNDLED_DIR / "default.onnx"
+
+
+def bundled_models() -> list[str]:
+    """Names of the expression models shipped in the package (the face detector is not one)."""
+    return sorted(p.stem for p in BUNDLED_DIR.glob("*.onnx") if p.with_suffix(".json").is_file())
+
+
+def resolve_model(model: Union[str, os.PathLike, None]) -> Union[str, os.PathLike]:
+    """A bundled model's name (``"default"``, ...) becomes its path; paths are returned as given.
+
+    A bare word without a file suffix that names no bundled model is refused here, with the
+    names that exist, rather than failing later as a missing file.
+    """
+    if model is None:
+        model = "default"
+    if isinstance(model, str) and not Path(model).suffix and os.sep not in model and "/" not in model:
+        names = bundled_models()
+        if model not in names:
+            raise ValueError(f"no bundled model named {model!r}; bundled: {', '.join(names) or 'none'} "
+                             "(or give a model file: .onnx, .engine, .pt)")
+        return BUNDLED_DIR / f"{model}.onnx"
+    return model
 #: Larger images are refused rather than risking an out-of-memory crash.
 MAX_PIXELS = 100_000_000
 #: A face box given with ``faces=`` may be at most this many times the image's longer side.
@@ -165,7 +189,8 @@ class Transfer:
     """Facial expression transfer on images.
 
     Args:
-        model: ``.onnx``, ``.engine``/``.plan`` or a training checkpoint; None uses the bundled default model.
+        model: a bundled model's name (see :func:`bundled_models`; None is ``"default"``), or a file:
+            ``.onnx``, ``.engine``/``.plan`` or a training checkpoint.
         device: "auto" (GPU when the backend has one), "cpu" or "cuda".
         detector: "yunet" (the default, None: the YuNet model shipped in the package), "haar" (OpenCV's cascade),
             a YuNet ``.onnx`` path, an SSD ``.pb`` path, or a detector object.
@@ -186,10 +211,9 @@ class Transfer:
         if not isinstance(align, (bool, np.bool_)):
             raise ValueError(f"align must be True (turn crops so the eyes are level) or False, got {align!r}")
         check_threads(threads)
-        if model is None:
-            if not DEFAULT_MODEL.is_file():
-                raise FileNotFoundError(f"the bundled model is missing from the installation ({DEFAULT_MODEL}); reinstall fexsdk")
-            model = DEFAULT_MODEL
+        if model is None and not DEFAULT_MODEL.is_file():
+            raise FileNotFoundError(f"the bundled model is missing from the installation ({DEFAULT_MODEL}); reinstall fexsdk")
+        model = resolve_model(model)
         self.backend: Backend = load_backend(model, device, threads)
         self.meta = self.backend.meta
         # Thread safety: OpenCV's detectors are not thread-safe. A detector built here from its spec is

@@ -256,3 +256,16 @@ def test_bundled_model_moves_real_faces_towards_the_target(fer_sample):
         out = tr.generate(faces, k, seed=0)  # (N, 48, 48) uint8
         hits += int((predict(clf, to_input(out[:, None])).argmax(1) == k).sum())
     assert hits / 700 > 0.30  # measured 0.42 for the bundled model
+
+
+def test_bundled_models_by_name(tmp_path):
+    from fexsdk.transfer import DEFAULT_MODEL, bundled_models, resolve_model
+
+    assert "default" in bundled_models()
+    assert "face_detection_yunet_2023mar" not in bundled_models()  # the detector is not an expression model
+    assert resolve_model(None) == resolve_model("default") == DEFAULT_MODEL
+    assert Transfer("default").meta == Transfer().meta
+    with pytest.raises(ValueError, match="no bundled model named 'happy'.*default"):
+        Transfer("happy")
+    path = tmp_path / "model.onnx"
+    assert resolve_model(str(path)) == str(path)  # a path is not looked up
