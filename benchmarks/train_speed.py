@@ -53,11 +53,6 @@ def timed(t: Trainer, steps: int, batch: int) -> float:
     return steps * batch / (time.perf_counter() - start)
 
 
-def measure(preset: str, precision: str, threads: int, steps: int, batch: int) -> float:
-    with tempfile.TemporaryDirectory() as tmp:
-        return timed(make_trainer(preset, precision, threads, batch, "plain", tmp), steps, batch)
-
-
 def measure_variants(preset: str, precision: str, threads: int, steps: int, batch: int, variants: list[str],
                      repeats: int) -> dict[str, float]:
     """Best-of-``repeats`` images/s per variant, the variants timed in turn within each round."""
@@ -85,32 +80,16 @@ def main() -> None:
     p.add_argument("--presets", nargs="+", default=[n for n in list_presets() if n != "tiny"])
     p.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     p.add_argument("--threads", nargs="+", type=int, default=[torch.get_num_threads()])
-    p.add_argument("--steps", type=int, default=30, help="timed iterations (one D step each; G every 5th)")
+    p.add_argument("--steps", type=int, default=30, help="timed iterations (one D step each; G every n_critic-th)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--json", help="also write the results here")
-    p.add_argument("--variants", nargs="+", choices=VARIANTS, help="compare speed-only levers instead")
-    p.add_argument("--repeats", type=int, default=3, help="rounds per variant with --variants (best kept)")
+    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=["plain"],
+                   help="speed-only levers to compare on the same step (default: plain)")
+    p.add_argument("--repeats", type=int, default=1, help="rounds of all variants, the best kept (default 1)")
     args = p.parse_args()
-    if args.variants:
-        return main_variants(args)
 
-    print(f"# training images/s at 48x48 gray, batch {args.batch_size}, 5 D steps per G step")
-    print(f"# {cpu_name()}, torch {torch.__version__}")
-    print(f"{'preset':20s} {'precision':9s} {'threads':>7s} {'images/s':>9s}")
-    rows = []
-    for preset in args.presets:
-        for precision in args.precisions:
-            for threads in args.threads:
-                ips = measure(preset, precision, threads, args.steps, args.batch_size)
-                rows.append({"preset": preset, "precision": precision, "threads": threads, "images_per_s": ips})
-                print(f"{preset:20s} {precision:9s} {threads:7d} {ips:9.1f}", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"cpu": cpu_name(), "torch": torch.__version__, "rows": rows}, f, indent=2)
-
-
-def main_variants(args: argparse.Namespace) -> None:
-    print(f"# training images/s at 48x48 gray, batch {args.batch_size}, best of {args.repeats} rounds")
+    print(f"# training images/s at 48x48 gray, batch {args.batch_size}, the preset's D steps per G step, "
+          f"best of {args.repeats} round(s)")
     print(f"# {cpu_name()}, torch {torch.__version__}")
     print(f"{'preset':20s} {'precision':9s} {'threads':>7s} {'variant':14s} {'images/s':>9s}")
     rows = []
