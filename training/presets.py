@@ -197,7 +197,10 @@ def fex_small_smoothflow() -> Preset:
 
 @register_preset
 def fex_small_softwarp() -> Preset:
-    """fex-small-warp tamed: a fold-free flow of at most 2 px at 48x48 on 4-px cells, and a smooth paint mask."""
+    """fex-small-warp tamed: a fold-free flow of at most 2 px at 48x48 on 4-px cells, and a smooth paint mask.
+
+    Tried on the CPU (2026-11-27): after 2,500 updates it still paints black blobs and striped
+    patches that D's classifier reads as the target; kept for longer (GPU) runs, not recommended."""
     gen = _fex_generator(32, 3)
     gen.input_skip, gen.output = False, "warp"
     gen.flow_cell, gen.max_flow = 4, 0.08
@@ -206,6 +209,20 @@ def fex_small_softwarp() -> Preset:
     return Preset("fex-small-softwarp",
                   "fex-small-warp with the flow on 4-px cells (at most 2 px at 48x48) and a smooth paint mask (issue 13)",
                   gen, loss, d_conv_dim=32, n_critic=1)
+
+
+@register_preset
+def fex_small_fineflow() -> Preset:
+    """fex-small-smoothflow on a finer grid with half the reach: 4-px cells (12x12), at most 1.9 px at 48x48.
+
+    Finer cells move mouth corners and brows on their own instead of whole regions, and the smaller
+    reach keeps the face's geometry: the 8-px, 3.8-px field drew caricatures."""
+    gen = _fex_generator(32, 3)
+    gen.input_skip, gen.output, gen.paint = False, "warp", False
+    gen.flow_cell, gen.max_flow = 4, 0.08
+    return Preset("fex-small-fineflow",
+                  "fex-small-flow on a 12x12 control grid, at most 1.9 px at 48x48 (issue 13)",
+                  gen, _fex_loss(), d_conv_dim=32, n_critic=1)
 
 
 @register_preset
