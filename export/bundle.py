@@ -1,10 +1,12 @@
 """Package a trained generator as the model that ships inside fexsdk.
 
-    python -m fexsdk.export.bundle runs/NAME/last.pt [--eval runs/eval/NAME] [--command "how it was trained"]
-        [--grid-data ../shared/data/fer2013.npz --grid docs/grid-default.png]
+    python -m fexsdk.export.bundle runs/NAME/last.pt [--name default] [--eval runs/eval/NAME]
+        [--command "how it was trained"] [--grid-data ../shared/data/fer2013.npz --grid docs/grid-default.png]
 
-Exports FP32 ONNX (with parity check) to ``fexsdk/models/default.onnx`` and writes
-the model card ``fexsdk/models/default.json`` (data, preset, steps, scores, command).
+Exports FP32 ONNX (with parity check) to ``fexsdk/models/NAME.onnx`` and writes
+the model card ``fexsdk/models/NAME.json`` (data, preset, steps, scores, command).
+``default`` is the model used when none is named; any other name ships as an
+option that users pick by name (``Transfer("NAME")``, ``--model NAME``).
 With ``--grid-data`` it also draws PublicTest faces and their 7 generated expressions
 from the exported file, as the runtime sees it.
 """
@@ -19,19 +21,19 @@ from fexsdk.export.onnx_export import export_onnx
 from fexsdk.emotions import EMOTIONS
 from fexsdk.metadata import ModelMetadata
 from fexsdk.grid import EMOTION_COLUMNS, image_grid
-from fexsdk.transfer import DEFAULT_MODEL, Transfer
+from fexsdk.transfer import BUNDLED_DIR, Transfer
 from fexsdk.training.checkpoint import load_checkpoint
 
 MAX_BYTES = 20 * 1024 * 1024
 
 
 def model_card(meta: ModelMetadata, ckpt: dict, command: str = "", parity: float = float("nan"),
-               size_bytes: int = 0) -> dict:
+               size_bytes: int = 0, name: str = "default") -> dict:
     """The bundled model's card: the metadata written into the ONNX file (the same object, under
     ``metadata``), plus how it was trained, which the file does not hold."""
     tc = ckpt.get("train_config", {})
     return {
-        "model": DEFAULT_MODEL.name,
+        "model": f"{name}.onnx",
         "preset": meta.preset,
         "metadata": json.loads(meta.to_json()),
         "data": {"train": f"{tc.get('data') or 'synthetic'} (Training split)", "domains": meta.domains},
@@ -45,17 +47,20 @@ def model_card(meta: ModelMetadata, ckpt: dict, command: str = "", parity: float
     }
 
 
-def bundle(checkpoint: str, eval_dir: str | None = None, command: str = "") -> Path:
+def bundle(checkpoint: str, eval_dir: str | None = None, command: str = "", name: str = "default") -> Path:
+    if not name.isidentifier() or name.startswith("face_detection"):
+        raise ValueError(f"bundle name must be a plain word (letters, digits, _), got {name!r}")
     ckpt = load_checkpoint(checkpoint)
-    report = export_onnx(checkpoint, DEFAULT_MODEL)
+    model = BUNDLED_DIR / f"{name}.onnx"
+    report = export_onnx(checkpoint, model)
     if report.size_bytes > MAX_BYTES:
-        DEFAULT_MODEL.unlink()
-        raise ValueError(f"model is {report.size_bytes / 1e6:.1f} MB; the bundled model must stay under 20 MB")
-    card = model_card(report.metadata, ckpt, command, report.max_abs_diff, report.size_bytes)
+        model.unlink()
+        raise ValueError(f"model is {report.size_bytes / 1e6:.1f} MB; a bundled model must stay under 20 MB")
+    card = model_card(report.metadata, ckpt, command, report.max_abs_diff, report.size_bytes, name)
     if eval_dir:
         card["evaluation"] = json.loads((Path(eval_dir) / "results.json").read_text())
-    DEFAULT_MODEL.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
-    return DEFAULT_MODEL
+    model.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
+    return model
 
 
 def draw_grid(model: str | Path, data: str, out: str | Path, per_class: int = 2, seed: int = 0,
@@ -81,12 +86,13 @@ def draw_grid(model: str | Path, data: str, out: str | Path, per_class: int = 2,
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint")
+    p.add_argument("--name", default="default", help="bundled name: default (used when none is named) or an option")
     p.add_argument("--eval", help="a `fex eval` output folder whose results go into the card")
     p.add_argument("--command", default="", help="the training command, recorded in the card")
     p.add_argument("--grid-data", help="FER2013 file whose PublicTest faces go into a sample grid")
     p.add_argument("--grid", default="docs/grid-default.png", help="where the sample grid goes")
     args = p.parse_args()
-    path = bundle(args.checkpoint, args.eval, args.command)
+    path = bundle(args.checkpoint, args.eval, args.command, args.name)
     print(f"wrote {path} and {path.with_suffix('.json')}")
     if args.grid_data:
         print(f"wrote {draw_grid(path, args.grid_data, args.grid)}")

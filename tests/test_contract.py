@@ -153,12 +153,34 @@ def test_warp_model_through_the_stages_moves_only_the_face(tmp_path):
         assert np.array_equal(res.image, want)
 
 
-def test_the_bundled_model_card_holds_the_metadata_of_its_file():
+def test_every_bundled_model_card_holds_the_metadata_of_its_file():
     import json
 
-    from fexsdk.transfer import DEFAULT_MODEL
+    from fexsdk.transfer import BUNDLED_DIR, bundled_models
 
-    card = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
-    meta = read_metadata(DEFAULT_MODEL)
-    assert ModelMetadata.from_json(json.dumps(card["metadata"])).to_json() == meta.to_json()
-    assert card["steps"] == meta.training_step and card["model"] == DEFAULT_MODEL.name
+    assert "default" in bundled_models()
+    for name in bundled_models():
+        path = BUNDLED_DIR / f"{name}.onnx"
+        card = json.loads(path.with_suffix(".json").read_text())
+        meta = read_metadata(path)
+        assert ModelMetadata.from_json(json.dumps(card["metadata"])).to_json() == meta.to_json(), name
+        assert card["steps"] == meta.training_step and card["model"] == path.name
+        assert card["size_bytes"] == path.stat().st_size
+
+
+def test_bundle_writes_a_named_option_that_transfer_finds_by_name(tiny_checkpoint, tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    import json
+
+    import fexsdk.export.bundle as bundle_mod
+    import fexsdk.transfer as transfer_mod
+
+    monkeypatch.setattr(bundle_mod, "BUNDLED_DIR", tmp_path)
+    monkeypatch.setattr(transfer_mod, "BUNDLED_DIR", tmp_path)
+    path = bundle_mod.bundle(str(tiny_checkpoint), name="option")
+    assert path == tmp_path / "option.onnx"
+    assert json.loads((tmp_path / "option.json").read_text())["model"] == "option.onnx"
+    assert transfer_mod.bundled_models() == ["option"]
+    assert transfer_mod.Transfer("option").meta == read_metadata(path)
+    with pytest.raises(ValueError, match="plain word"):
+        bundle_mod.bundle(str(tiny_checkpoint), name="../escape")
