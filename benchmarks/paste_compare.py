@@ -57,6 +57,7 @@ def main() -> int:
     p.add_argument("--targets", nargs="+", default=["happy", "surprise", "angry", "sad"], help="columns after the input")
     p.add_argument("--cell", type=int, default=256, help="cell side in pixels")
     p.add_argument("--margin", type=float, default=0.25, help="context around the face, in face sizes")
+    p.add_argument("--strength", type=float, default=1.0, help="strength of every change (Transfer.apply's)")
     a = p.parse_args()
 
     img = load_photo(a.image)
@@ -67,7 +68,7 @@ def main() -> int:
         if window is None:
             window = face_window(img, tr, a.margin)
         x, y, w, h = window
-        cells = [img] + [tr.apply(img, t, seed=0) for t in a.targets]
+        cells = [img] + [tr.apply(img, t, seed=0, strength=a.strength) for t in a.targets]
         rows.append([cv2.resize(c[y : y + h, x : x + w], (a.cell, a.cell), interpolation=cv2.INTER_AREA) for c in cells])
         print(f"row {len(rows)}: {m}")
     columns = [np.stack([r[j] for r in rows]) for j in range(len(rows[0]))]
