@@ -58,6 +58,7 @@ def main() -> int:
     p.add_argument("--cell", type=int, default=256, help="cell side in pixels")
     p.add_argument("--margin", type=float, default=0.25, help="context around the face, in face sizes")
     p.add_argument("--strength", type=float, default=1.0, help="strength of every change (Transfer.apply's)")
+    p.add_argument("--whole", action="store_true", help="show the whole photo (every face changed), not a window around the largest face")
     a = p.parse_args()
 
     img = load_photo(a.image)
@@ -66,10 +67,11 @@ def main() -> int:
     for m in a.models:
         tr = Transfer(m, device="cpu")
         if window is None:
-            window = face_window(img, tr, a.margin)
+            window = (0, 0, img.shape[1], img.shape[0]) if a.whole else face_window(img, tr, a.margin)
         x, y, w, h = window
+        size = (round(a.cell * w / h), a.cell)
         cells = [img] + [tr.apply(img, t, seed=0, strength=a.strength) for t in a.targets]
-        rows.append([cv2.resize(c[y : y + h, x : x + w], (a.cell, a.cell), interpolation=cv2.INTER_AREA) for c in cells])
+        rows.append([cv2.resize(c[y : y + h, x : x + w], size, interpolation=cv2.INTER_AREA) for c in cells])
         print(f"row {len(rows)}: {m}")
     columns = [np.stack([r[j] for r in rows]) for j in range(len(rows[0]))]
     cv2.imwrite(a.output, image_grid(columns, ["input", *a.targets]))
