@@ -51,6 +51,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--perceptual-start-epoch", type=float_range(0), help="epoch the perceptual loss switches in (preset: 40)")
     p.add_argument("--perceptual-mode", choices=["replace", "add"], help="feature loss replaces or adds to the pixel loss")
     p.add_argument("--lambda-cls", type=float_range(0), help="weight of the classification loss (preset: 1, StarGAN's)")
+    p.add_argument("--cls-augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random rotate/scale/shift + cutout of the images D's classifier reads (default: the preset's)")
+    p.add_argument("--init-from", metavar="CKPT",
+                   help="start from CKPT's G, EMA G and D weights with fresh optimizers and schedule (not --resume)")
     p.add_argument("--conv-dim", type=POSITIVE, help="base channels of G and D (overrides the preset's width)")
     p.add_argument("--n-res", type=int_range(0), help="residual blocks in G (overrides the preset's depth)")
     p.add_argument("--image-size", type=int_range(16), default=48, help="training image side in pixels (default 48, FER2013's)")
@@ -86,7 +90,8 @@ def _run_train(args: argparse.Namespace) -> int:
         epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size, lr_g=args.lr_g, lr_d=args.lr_d,
         n_critic=args.n_critic, adversarial=args.adversarial, upsample=args.upsample, ema_beta=args.ema_beta,
         decay_start=args.decay_start, input_skip=args.input_skip, perceptual=args.perceptual, perceptual_start_epoch=args.perceptual_start_epoch,
-        perceptual_mode=args.perceptual_mode, lambda_cls=args.lambda_cls, conv_dim=args.conv_dim, n_res=args.n_res,
+        perceptual_mode=args.perceptual_mode, lambda_cls=args.lambda_cls, cls_augment=args.cls_augment,
+        init_from=args.init_from, conv_dim=args.conv_dim, n_res=args.n_res,
         image_size=args.image_size, channels=args.channels,
         precision=args.precision, device=args.device, threads=args.threads, seed=args.seed, log_every=args.log_every,
         sample_every=args.sample_every, ckpt_every=args.ckpt_every, resume=args.resume, progress=not args.no_progress,

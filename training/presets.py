@@ -43,6 +43,10 @@ class LossConfig:
     #: Warp heads with paint: weight of the mask's total variation. A hard, thin mask lets the generator
     #: paint dark bars over the face; a smooth one has to blend its paint in (GANimation's mask TV).
     lambda_mask_tv: float = 0.0
+    #: Read images through a random small rotation/scale/shift and a cutout on D's classification
+    #: path (real images for D, generated ones for G); D's real/fake output sees them unchanged.
+    #: See fexsdk.training.augment.
+    cls_augment: bool = False
 
     def validate(self) -> None:
         if self.perceptual_mode not in ("replace", "add"):

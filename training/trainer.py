@@ -27,6 +27,7 @@ from fexsdk.metadata import label_dim_for, label_layout, normalize
 from fexsdk.training.checkpoint import generator_config, load_checkpoint, save_checkpoint
 from fexsdk.training.data import FaceDataset, load_dataset, load_image_folder, load_training_data
 from fexsdk.training.logs import ScalarLog, plot_losses, save_grid
+from fexsdk.training.augment import ClassAugment
 from fexsdk.training.models import Discriminator, Generator, config_dict
 from fexsdk.training.presets import LossConfig, get_preset
 
@@ -77,6 +78,11 @@ class TrainConfig:
     perceptual_mode: Optional[str] = None
     #: Weight of the domain-classification loss (None keeps the preset's, StarGAN's 1).
     lambda_cls: Optional[float] = None
+    #: Augment the images D's classifier reads (None keeps the preset's; see training/augment.py).
+    cls_augment: Optional[bool] = None
+    #: Start from the G, EMA G and D weights of this checkpoint (same generator), with fresh optimizers
+    #: and schedule: a warm start, unlike ``resume``, which continues a run exactly.
+    init_from: Optional[str] = None
     #: Width and depth overrides: G and D base channels, G residual blocks (None keeps the preset's).
     conv_dim: Optional[int] = None
     n_res: Optional[int] = None
@@ -114,6 +120,8 @@ class TrainConfig:
             raise ValueError(f"ema_beta must be in [0, 1), got {self.ema_beta}")
         if not 0.0 <= self.decay_start <= 1.0:
             raise ValueError(f"decay_start must be in [0, 1], got {self.decay_start}")
+        if self.init_from is not None and self.resume:
+            raise ValueError("init_from starts a new run from a checkpoint's weights; resume continues OUT/last.pt: pick one")
         if self.data is None and self.synthetic <= 0:
             raise ValueError("give --data PATH (FER2013 csv, folder or npz) or --synthetic N")
         from fexsdk.training.run_checks import check_run_config
@@ -266,6 +274,9 @@ class Trainer:
             self.loss_cfg.lambda_cls = cfg.lambda_cls
         if cfg.adversarial is not None:
             self.loss_cfg.adversarial = cfg.adversarial
+        if cfg.cls_augment is not None:
+            self.loss_cfg.cls_augment = cfg.cls_augment
+        self.cls_augment = ClassAugment() if self.loss_cfg.cls_augment else None
         self.loss_cfg.validate()
         self.n_critic = cfg.n_critic or preset.n_critic
 
@@ -305,6 +316,8 @@ class Trainer:
         self.commit = git_commit()
         if cfg.resume:
             self._resume()
+        elif cfg.init_from:
+            self._init_from(Path(cfg.init_from))
 
     # -- data ------------------------------------------------------------
     def _load_data(self) -> tuple[list[FaceDataset], FaceDataset]:
@@ -374,6 +387,17 @@ class Trainer:
         self.best = float(ckpt["best"])
         torch.set_rng_state(ckpt["torch_rng"])
 
+    def _init_from(self, path: Path) -> None:
+        ckpt = load_checkpoint(path)
+        if generator_config(ckpt) != config_dict(self.G):
+            raise ValueError(f"--init-from: {path} holds a different generator ({ckpt['preset']}) than preset {self.preset.name}")
+        if ckpt.get("discriminator_config") != config_dict(self.D):
+            raise ValueError(f"--init-from: {path} holds a different discriminator than this run's")
+        self.G.load_state_dict(ckpt["G"])
+        if self.G_ema is not None:
+            self.G_ema.load_state_dict(ckpt.get("G_ema") or ckpt["G"])
+        self.D.load_state_dict(ckpt["D"])
+
     def save(self, name: str = "last.pt") -> None:
         if self.is_main:
             save_checkpoint(self.out / name, self._payload())
@@ -422,6 +446,8 @@ class Trainer:
         with self._autocast():
             src, cls = self.D(x_real)
             d_real = -src.float().mean() if wgan else F.softplus(-src.float()).mean()
+            if self.cls_augment is not None:
+                _, cls = self.D(self.cls_augment(x_real))
             d_cls = F.cross_entropy(cls.float()[:, cls_slice], lab_org)
             with torch.no_grad():
                 x_fake = self.G(x_real, c_trg)
@@ -459,6 +485,8 @@ class Trainer:
                 else:
                     x_fake = self.G(x_real, c_trg)
                 src, cls = self.D(x_fake)
+                if self.cls_augment is not None:
+                    _, cls = self.D(self.cls_augment(x_fake))
                 g_fake = -src.float().mean() if wgan else F.softplus(-src.float()).mean()
                 g_cls = F.cross_entropy(cls.float()[:, cls_slice], lab_trg)
                 x_rec = self.G(x_fake, c_org)

@@ -1,0 +1,112 @@
+"""Classifier-path augmentation and warm starts (``--cls-augment``, ``--init-from``)."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from fexsdk.training.augment import ClassAugment  # noqa: E402
+from fexsdk.training.checkpoint import load_checkpoint  # noqa: E402
+from fexsdk.training.trainer import TrainConfig, Trainer  # noqa: E402
+
+
+def _cfg(tmp_path, **kw):
+    base = dict(preset="tiny", synthetic=64, out=str(tmp_path / "run"), batch_size=4, n_critic=2, log_every=2,
+                sample_every=1000, ckpt_every=4, progress=False, threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _faces(b=4, size=48):
+    torch.manual_seed(1)
+    return torch.rand(b, 1, size, size) * 2 - 1
+
+
+def test_zero_ranges_are_the_identity():
+    x = _faces()
+    out = ClassAugment(max_rotate_deg=0, max_scale=0, max_shift=0, cutout=0)(x)
+    assert torch.allclose(out, x, atol=1e-5)
+
+
+def test_shift_moves_the_image_by_the_drawn_pixels():
+    x = torch.zeros(1, 1, 48, 48)
+    x[0, 0, 20, 20] = 1.0
+    aug = ClassAugment(max_rotate_deg=0, max_scale=0, max_shift=0.25, cutout=0)
+    torch.manual_seed(3)
+    u = torch.rand(1, 6) * 2 - 1  # the same draws the call makes
+    torch.manual_seed(3)
+    out = aug(x)[0, 0]
+    # affine_grid samples the input at output + shift: the bright pixel moves by -shift * side / 2 * 2.
+    dx, dy = (-u[0, 2] * 2 * 0.25 * 48 / 2).item(), (-u[0, 3] * 2 * 0.25 * 48 / 2).item()
+    ys, xs = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+    cy, cx = (out * ys).sum() / out.sum(), (out * xs).sum() / out.sum()
+    assert cx.item() == pytest.approx(20 + dx, abs=0.05) and cy.item() == pytest.approx(20 + dy, abs=0.05)
+
+
+def test_cutout_blanks_a_square_of_the_given_side():
+    x = torch.ones(64, 1, 48, 48)
+    out = ClassAugment(max_rotate_deg=0, max_scale=0, max_shift=0, cutout=0.25)(x)
+    blank = (out == 0).flatten(1).sum(1)
+    assert blank.max().item() == 12 * 12  # a whole square where it lies inside the image
+    assert blank.min().item() > 0 and (blank < 12 * 12).any()  # and partly off the edge sometimes
+
+
+def test_augment_is_random_per_image_reproducible_and_differentiable():
+    x = _faces().requires_grad_(True)
+    torch.manual_seed(0)
+    a = ClassAugment()(x)
+    torch.manual_seed(0)
+    b = ClassAugment()(x)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, ClassAugment()(x))
+    assert (a[0] - a[1]).abs().mean() > 0 and a.shape == x.shape
+    a.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_bad_ranges_are_value_errors():
+    with pytest.raises(ValueError, match="max_scale"):
+        ClassAugment(max_scale=1.5)
+    with pytest.raises(ValueError, match="cutout"):
+        ClassAugment(cutout=2.0)
+
+
+def test_cls_augment_changes_training_and_resume_stays_exact(tmp_path):
+    plain = Trainer(_cfg(tmp_path / "p", max_steps=8))
+    plain.fit()
+    straight = Trainer(_cfg(tmp_path / "a", max_steps=8, cls_augment=True))
+    assert straight.loss_cfg.cls_augment and straight.cls_augment is not None
+    straight.fit()
+    assert not torch.allclose(plain.D.layers[0][0].weight, straight.D.layers[0][0].weight)
+    first = Trainer(_cfg(tmp_path / "b", max_steps=8, cls_augment=True))
+    first.fit(stop_at=4)
+    resumed = Trainer(_cfg(tmp_path / "b", max_steps=8, cls_augment=True, resume=True))
+    resumed.fit()
+    for (name, a), (_, b) in zip(straight.G.state_dict().items(), resumed.G.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert load_checkpoint(tmp_path / "b" / "run" / "last.pt")["loss_config"]["cls_augment"] is True
+
+
+def test_init_from_loads_weights_with_a_fresh_run(tmp_path):
+    src = Trainer(_cfg(tmp_path / "src", max_steps=8))
+    src.fit()
+    warm = Trainer(_cfg(tmp_path / "warm", max_steps=4, init_from=str(tmp_path / "src" / "run" / "last.pt")))
+    assert warm.step == 0 and warm.g_updates == 0
+    for (name, a), (_, b) in zip(src.G.state_dict().items(), warm.G.state_dict().items()):
+        assert torch.equal(a, b), name
+    for (name, a), (_, b) in zip(src.G_ema.state_dict().items(), warm.G_ema.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert torch.equal(src.D.layers[0][0].weight, warm.D.layers[0][0].weight)
+    assert not warm.opt_g.state  # fresh optimizer
+    cold = Trainer(_cfg(tmp_path / "cold", max_steps=4))
+    assert not torch.equal(cold.G_ema.state_dict()[next(iter(cold.G_ema.state_dict()))],
+                           src.G_ema.state_dict()[next(iter(src.G_ema.state_dict()))])
+
+
+def test_init_from_refuses_another_model_and_resume_together(tmp_path):
+    src = Trainer(_cfg(tmp_path / "src", max_steps=4))
+    src.fit()
+    ckpt = str(tmp_path / "src" / "run" / "last.pt")
+    with pytest.raises(ValueError, match="different generator"):
+        Trainer(_cfg(tmp_path / "w", preset="tiny", conv_dim=16, init_from=ckpt))
+    with pytest.raises(ValueError, match="pick one"):
+        Trainer(_cfg(tmp_path / "w2", init_from=ckpt, resume=True))
