@@ -14,7 +14,8 @@ from fexsdk.metadata import ONNX_KEY, ModelMetadata  # noqa: E402
 from fexsdk.training.classifier import (ClassifierTrainConfig, ResNet18, confusion, export_classifier,  # noqa: E402
                                  load_classifier, train_classifier)
 from fexsdk.training.data import FaceDataset  # noqa: E402
-from fexsdk.training.evaluate import accuracy, evaluate, frechet_distance, markdown_table, per_class_accuracy  # noqa: E402
+from fexsdk.training.evaluate import (accuracy, class_balanced_weights, evaluate, frechet_distance,  # noqa: E402
+                                     markdown_table, per_class_accuracy)
 
 
 def test_accuracy_and_confusion_on_a_fixed_example():
@@ -178,3 +179,22 @@ def test_evaluate_equals_a_plain_reference_computation(tiny_classifier, tiny_onn
     assert res.identity_cycle_l1 == pytest.approx(np.mean(cycles), rel=1e-5)
     assert res.identity_self_l1 == pytest.approx(np.mean(selfs), rel=1e-5)
     assert res.realism_fd == pytest.approx(frechet_distance(real_feats, np.concatenate(feats)), rel=1e-4, abs=1e-6)
+    w = class_balanced_weights(labels)
+    assert res.realism_fd_balanced == pytest.approx(frechet_distance(real_feats, np.concatenate(feats), w), rel=1e-4, abs=1e-6)
+
+
+def test_balanced_fd_is_zero_for_real_faces_in_the_targets_equal_shares():
+    """The generated set has every emotion in equal shares; the real one does not (FER2013: 1.6% disgust)."""
+    rng = np.random.default_rng(0)
+    means = rng.normal(0, 3, (7, 4))
+    counts = np.array([400, 20, 400, 900, 600, 400, 600])
+    labels = np.repeat(np.arange(7), counts)
+    real = means[labels] + rng.normal(0, 1, (len(labels), 4))
+    # A perfect generator: faces of each target exactly as real ones of that emotion, 500 per target.
+    perfect = np.concatenate([means[k] + rng.normal(0, 1, (500, 4)) for k in range(7)])
+    w = class_balanced_weights(labels)
+    assert w.sum() == pytest.approx(1.0) and w[labels == 1].sum() == pytest.approx(1 / 7)
+    assert frechet_distance(real, perfect, w) < 0.1
+    assert frechet_distance(real, perfect) > 2.0  # the plain FD penalises reaching the rare targets
+    # With weights all equal it is the plain FD.
+    assert frechet_distance(real, perfect, np.ones(len(real))) == pytest.approx(frechet_distance(real, perfect))

@@ -36,18 +36,31 @@ def per_class_accuracy(labels: np.ndarray, preds: np.ndarray) -> dict[str, float
     return {EMOTIONS[k]: accuracy(labels[labels == k], preds[labels == k]) for k in range(NUM_EMOTIONS)}
 
 
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
+def frechet_distance(a: np.ndarray, b: np.ndarray, weights_a: Optional[np.ndarray] = None) -> float:
     """Frechet distance between Gaussians fitted to two feature sets (rows are samples).
 
     ||mu_a - mu_b||^2 + Tr(Sa + Sb - 2 (Sa Sb)^(1/2)); the trace of the square root is the sum of
     the square roots of the eigenvalues of Sa Sb, which are real and >= 0 up to rounding.
+    ``weights_a``: per-row weights of ``a``'s Gaussian fit (see :func:`class_balanced_weights`).
     """
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    sa, sb = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    mu_a, mu_b = np.average(a, axis=0, weights=weights_a), b.mean(0)
+    sa, sb = np.cov(a, rowvar=False, aweights=weights_a), np.cov(b, rowvar=False)
     eig = np.linalg.eigvals(sa @ sb)
     tr_sqrt = np.sqrt(np.clip(eig.real, 0, None)).sum()
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(sa) + np.trace(sb) - 2 * tr_sqrt)
+
+
+def class_balanced_weights(labels: np.ndarray, k: int = NUM_EMOTIONS) -> np.ndarray:
+    """Per-image weights that give each of the ``k`` classes present the same total weight.
+
+    Why: the generated set has every target in equal shares (each face in all 7 emotions), the real
+    one has FER2013's (1.6% disgust, 25% happy). Against the real set as it is, even real faces of
+    each target in equal shares score FD ~0.4 with the committed classifier, and the better a
+    generator reaches its targets the worse it scores; against the balanced set they score ~0.
+    """
+    counts = np.bincount(labels, minlength=k).astype(np.float64)
+    return 1.0 / (np.count_nonzero(counts) * counts[labels])
 
 
 @dataclass
@@ -70,6 +83,9 @@ class EvalResult:
     #: Frechet distance of classifier features, generated vs real: overall and per target emotion.
     realism_fd: Optional[float] = None
     realism_fd_per_target: dict[str, float] = field(default_factory=dict)
+    #: The same against the real images weighted to equal emotion shares, as the targets are
+    #: (class_balanced_weights): realism without the penalty for reaching rare targets.
+    realism_fd_balanced: Optional[float] = None
     #: Mean |x - G(x, own label)| and |x - G(G(x, c), own label)|, in [0, 1] pixel units.
     identity_self_l1: Optional[float] = None
     identity_cycle_l1: Optional[float] = None
@@ -174,6 +190,7 @@ def evaluate(data: FaceDataset, classifier: ResNet18, generator: Optional[str] =
     result.per_class_generated = per_class_accuracy(trg_cat, pred_cat)
     result.confusion_generated = confusion(trg_cat, pred_cat).tolist()
     result.realism_fd = frechet_distance(real_feats, feats)
+    result.realism_fd_balanced = frechet_distance(real_feats, feats, weights_a=class_balanced_weights(labels))
     result.realism_fd_per_target = {
         EMOTIONS[k]: frechet_distance(real_feats[labels == k], feats[ftrg == k]) for k in range(NUM_EMOTIONS)
         if (labels == k).sum() > 2}
@@ -218,17 +235,18 @@ def markdown_table(results: list[EvalResult]) -> str:
         key = "real" if not r.generator else r.name
         return (TABLE2_ORDER.index(key) if key in TABLE2_ORDER else len(TABLE2_ORDER), key)
 
-    lines = ["| images | accuracy % (spread over seeds) | paper % | realism FD (lower is better) | identity L1 self / cycle |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = ["| images | accuracy % (spread over seeds) | paper % | realism FD (lower is better) | FD, balanced real "
+             "| identity L1 self / cycle |",
+             "| --- | --- | --- | --- | --- | --- |"]
     seen_real = False
     for r in sorted(results, key=order):
         if not seen_real:
-            lines.append(f"| real PublicTest | {_fmt(r.accuracy_real, True)} | {PAPER_TABLE2['real']} | - | - |")
+            lines.append(f"| real PublicTest | {_fmt(r.accuracy_real, True)} | {PAPER_TABLE2['real']} | - | - | - |")
             seen_real = True
         if r.generator:
             paper = PAPER_TABLE2.get(r.name, "-")
             lines.append(f"| {r.name} | {_fmt(r.accuracy_generated, True)} (±{_fmt(r.accuracy_generated_spread, True)}) "
-                         f"| {paper} | {_fmt(r.realism_fd)} | {_fmt(r.identity_self_l1)} / {_fmt(r.identity_cycle_l1)} |")
+                         f"| {paper} | {_fmt(r.realism_fd)} | {_fmt(r.realism_fd_balanced)} | {_fmt(r.identity_self_l1)} / {_fmt(r.identity_cycle_l1)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -146,14 +146,15 @@ def markdown(summary: dict) -> str:
     lines = [f"# GPU run on {summary['device_name']}", "",
              f"{summary['minutes']} min of training per run, all runs side by side on the one GPU; "
              f"PublicTest, noise seeds {summary['seeds']}.", "",
-             "| run | preset | batch | steps | G updates | images/s | G updates/s | accuracy % | FD | identity self / cycle |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| run | preset | batch | steps | G updates | images/s | G updates/s | accuracy % | FD | FD balanced | identity self / cycle |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in summary["runs"]:
         ev = r.get("eval") or {}
         acc = ev.get("accuracy_generated")
         lines.append(f"| {r['name']} | {r['preset']} | {r['batch_size']} | {r.get('steps', '')} | {r.get('g_updates', '')} | "
                      f"{r.get('images_per_s', float('nan')):.0f} | {r.get('g_updates_per_s', float('nan')):.1f} | "
                      f"{'' if acc is None else f'{100 * acc:.2f}'} | {ev.get('realism_fd', float('nan')):.3f} | "
+                     f"{ev.get('realism_fd_balanced') or float('nan'):.3f} | "
                      f"{ev.get('identity_self_l1', float('nan')):.3f} / {ev.get('identity_cycle_l1', float('nan')):.3f} |")
     if summary.get("latency"):
         lines += ["", "| generator | precision | batch | ms per batch | faces/s |", "| --- | --- | --- | --- | --- |"]
@@ -258,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
         res = a.out / "eval" / row["name"] / "results.json"
         if res.exists():
             row["eval"] = {k: v for k, v in json.loads(res.read_text()).items()
-                           if k in ("accuracy_generated", "accuracy_generated_spread", "per_class_generated", "realism_fd",
+                           if k in ("accuracy_generated", "accuracy_generated_spread", "per_class_generated", "realism_fd", "realism_fd_balanced",
                                     "identity_self_l1", "identity_cycle_l1", "accuracy_real", "n_images")}
     summary["wall_s"] = time.time() - t_start
     (a.out / "summary.json").write_text(json.dumps(summary, indent=2))
