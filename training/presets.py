@@ -175,6 +175,14 @@ def fex_small_bilinear_wgan() -> Preset:
 
 
 @register_preset
+def fex_small_bilinear_wgan_aug() -> Preset:
+    """fex-small-bilinear-wgan whose D classifier reads randomly shifted/rotated/cut-out images (augment.py)."""
+    return Preset("fex-small-bilinear-wgan-aug", "fex-small-bilinear-wgan + classifier-path augmentation (rotate/scale/shift + cutout)",
+                  _fex_generator(32, 3, upsample="bilinear"), LossConfig(adversarial="wgan-gp", lambda_cls=3.0, cls_augment=True),
+                  d_conv_dim=32, n_critic=5)
+
+
+@register_preset
 def fex() -> Preset:
     """The same recipe at the report's size (conv_dim 64, 6 blocks): for GPUs."""
     return Preset("fex", "skip-dropout + input skip + resize-conv, R1 recipe, lambda_cls 3 (paper size)",
