@@ -212,7 +212,12 @@ def test_health_and_model(server):
     assert status == 200
     assert info["metadata"]["emotions"] == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
     assert info["metadata"]["image_size"] == 48 and info["metadata"]["channels"] == 1
-    assert info["card"]["preset"] == info["metadata"]["preset"] == "skip-dropout-small"
+    # The served model is the bundled default: its card is the file shipped beside it.
+    from fexsdk.transfer import BUNDLED_DIR
+
+    card = json.loads((BUNDLED_DIR / "default.json").read_text())
+    assert info["card"]["preset"] == info["metadata"]["preset"] == card["preset"]
+    assert info["card"] == card
     assert info["batching"] == {"max_batch_size": MAX_BATCH, "batch_wait_s": 1.0, "across_requests": True}
 
 
