@@ -29,8 +29,6 @@ from fexsdk.video import DemoConfig, DemoLoop, FrameReader, run_demo
 from tests.conftest import REPO
 
 W, H = 160, 120
-#: Frames in the clip the signal tests cut short.
-LONG = 6000
 NTSC = Fraction(30000, 1001)
 TONE_HZ = 440.0
 RATE = 16000  # audio sample rate of the clips
@@ -291,15 +289,17 @@ def test_progress_bar_for_files_only(clips, capsys):
 
 @pytest.fixture(scope="module")
 def long_clip(ffmpeg, tmp_path_factory):
-    """6000 frames at 25 fps (4 minutes) with a tone: long enough that a run is still going when signalled.
-
-    Face-free frames go through the demo at ~1,200 frame/s, so 1500 frames could end before a loaded
-    machine delivered the signal. The texture slides 1 px per frame with period W: 160 frames repeat.
-    """
-    period = _frames(W)
-    return _make_clip(ffmpeg, tmp_path_factory.mktemp("long") / "long.mp4", [period[i % W] for i in range(LONG)], Fraction(25),
+    """1500 frames at 25 fps (a minute) with a tone: long enough that a run is still going when signalled."""
+    return _make_clip(ffmpeg, tmp_path_factory.mktemp("long") / "long.mp4", _frames(1500), Fraction(25),
                       ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "28", "-pix_fmt", "yuv420p"],
                       ["-c:a", "aac"])
+
+
+def _default_sigint() -> None:
+    """In the child: SIGINT back to its default. A test run started in the background by a
+    non-interactive shell (`cmd &`) inherits SIGINT ignored, and Python then never raises
+    KeyboardInterrupt, so Ctrl-C would be tested against a process that cannot receive it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 @pytest.mark.skipif(sys.platform.startswith("win"), reason="POSIX signals")
@@ -309,14 +309,14 @@ def test_signal_finishes_a_playable_file_and_exits_nonzero(ffmpeg, long_clip, tm
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     p = subprocess.Popen([sys.executable, "-m", "fexsdk.cli", "demo", "--input", str(long_clip), "--output",
                           str(out_path), "--threads", "1"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+                         stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     err_chunks: list[str] = []
     progress = threading.Event()
 
     def read_err():
         while chunk := p.stderr.read(64):
             err_chunks.append(chunk)
-            counts = [int(n) for n in re.findall(rf"(\d+)/{LONG}", "".join(err_chunks)[-400:])]
+            counts = [int(n) for n in re.findall(r"(\d+)/1500", "".join(err_chunks)[-400:])]
             if counts and max(counts) >= 20:
                 progress.set()
 
@@ -337,7 +337,7 @@ def test_signal_finishes_a_playable_file_and_exits_nonzero(ffmpeg, long_clip, tm
     assert m, out
     written = int(m.group(1))
     assert f"stopped by {name}" in err and f"({written} frames written)" in err
-    assert 20 <= written < LONG
+    assert 20 <= written < 1500
     frames = _decode(out_path)  # the moov atom is there: OpenCV opens it and reads every frame written
     assert len(frames) == written and frames[0].shape == (H, W, 3)
     sound = _audio(ffmpeg, out_path)
