@@ -110,3 +110,72 @@ def test_init_from_refuses_another_model_and_resume_together(tmp_path):
         Trainer(_cfg(tmp_path / "w", preset="tiny", conv_dim=16, init_from=ckpt))
     with pytest.raises(ValueError, match="pick one"):
         Trainer(_cfg(tmp_path / "w2", init_from=ckpt, resume=True))
+
+
+# -- blur on the classification path and the change's Laplacian penalty ------------------------
+def _rows(period: float) -> torch.Tensor:
+    """Horizontal stripes: a sine down the rows with the given period in pixels."""
+    y = torch.arange(48.0)
+    return torch.sin(2 * torch.pi * y / period)[None, None, :, None].expand(1, 1, 48, 48).contiguous()
+
+
+def test_blur_with_sigma_zero_is_the_identity_and_keeps_the_mean():
+    from fexsdk.training.augment import gaussian_blur
+
+    x = _faces()
+    assert torch.allclose(gaussian_blur(x, torch.zeros(4)), x, atol=1e-6)
+    flat = torch.full((2, 1, 48, 48), 0.3)
+    assert torch.allclose(gaussian_blur(flat, torch.tensor([1.0, 2.0])), flat, atol=1e-6)  # reflect: no dark border
+
+
+def test_blur_removes_thin_stripes_and_keeps_wide_shapes():
+    from fexsdk.training.augment import gaussian_blur
+
+    sigma = torch.tensor([1.5])
+    thin = gaussian_blur(_rows(4), sigma).std() / _rows(4).std()
+    wide = gaussian_blur(_rows(16), sigma).std() / _rows(16).std()
+    # A Gaussian's response at period T is exp(-2 (pi sigma / T)^2): 0.062 at T=4, 0.84 at T=16.
+    assert thin < 0.15 and wide > 0.8
+
+
+def test_blur_sigma_is_drawn_per_image_and_is_differentiable():
+    x = _faces().requires_grad_(True)
+    aug = ClassAugment(max_rotate_deg=0, max_scale=0, max_shift=0, cutout=0, max_blur=2.0)
+    torch.manual_seed(0)
+    out = aug(x)
+    spread = [(out[i] - x[i]).abs().mean().item() for i in range(4)]
+    assert len({round(s, 4) for s in spread}) == 4  # each image has its own sigma
+    out.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    with pytest.raises(ValueError, match="max_blur"):
+        ClassAugment(max_blur=-1)
+
+
+def test_laplacian_of_an_impulse_and_of_flat_and_linear_maps():
+    from fexsdk.training.trainer import laplacian_l1
+
+    impulse = torch.zeros(1, 1, 5, 5)
+    impulse[0, 0, 2, 2] = 1.0
+    # -4 at the impulse, +1 at its four neighbours: 8 in all over 25 pixels.
+    assert laplacian_l1(impulse).item() == pytest.approx(8 / 25)
+    assert laplacian_l1(torch.full((1, 1, 6, 6), 0.7)).item() == 0.0
+    ramp = torch.arange(6.0)[None, None, None, :].expand(1, 1, 6, 6)
+    # A linear ramp has no curvature inside; the replicated edges give +1 and -1 in the first and last columns.
+    assert laplacian_l1(ramp).item() == pytest.approx(12 / 36)
+    # Thin stripes cost more than wide ones of the same amplitude: what the penalty is for.
+    assert laplacian_l1(_rows(4)) > 5 * laplacian_l1(_rows(16))
+
+
+def test_change_penalty_and_blur_reach_training_and_are_validated(tmp_path):
+    t = Trainer(_cfg(tmp_path / "l", max_steps=4, cls_augment=True, cls_blur=1.0, lambda_change_lap=2.0))
+    assert t.cls_augment.max_blur == 1.0 and t.loss_cfg.lambda_change_lap == 2.0
+    t.fit()
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "l" / "run" / "scalars.csv")))
+    logged = [float(r["G/loss_change_lap"]) for r in rows if r["G/loss_change_lap"] not in ("", "nan")]
+    assert logged and all(v > 0 for v in logged)
+    cfg = load_checkpoint(tmp_path / "l" / "run" / "last.pt")["loss_config"]
+    assert cfg["cls_blur"] == 1.0 and cfg["lambda_change_lap"] == 2.0
+    with pytest.raises(ValueError, match="cls_blur"):
+        Trainer(_cfg(tmp_path / "m", max_steps=4, cls_blur=1.0))  # blur without the augmentation

@@ -31,6 +31,9 @@ class ClassAugment:
     max_shift: float = 0.08
     #: Side of a square set to mid-gray (0), as a fraction of the image side; 0 turns cutout off.
     cutout: float = 0.25
+    #: Gaussian blur with a sigma drawn in [0, max_blur] pixels per image; 0 turns it off. Stripes a
+    #: few pixels wide fade under it while the shapes of mouth, brows and eyes stay readable.
+    max_blur: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_rotate_deg <= 180:
@@ -39,6 +42,8 @@ class ClassAugment:
             raise ValueError(f"max_scale must be in [0, 1), got {self.max_scale}")
         if not 0 <= self.max_shift <= 0.5 or not 0 <= self.cutout <= 1:
             raise ValueError(f"max_shift must be in [0, 0.5] and cutout in [0, 1], got {self.max_shift} and {self.cutout}")
+        if not 0 <= self.max_blur <= 8:
+            raise ValueError(f"max_blur must be a sigma in [0, 8] pixels, got {self.max_blur}")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Augment a (B, C, H, W) batch in [-1, 1]; gradients flow to ``x``."""
@@ -61,4 +66,26 @@ class ClassAugment:
             dx = xs - (cx - side_w // 2)[:, None, None]
             inside = (dy >= 0) & (dy < side_h) & (dx >= 0) & (dx < side_w)
             out = out * (~inside)[:, None].to(out.dtype)
+        if self.max_blur > 0:
+            out = gaussian_blur(out, torch.rand(b) * self.max_blur)  # drawn after the rest: old runs keep their draws
         return out.to(x.dtype)
+
+
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each image of a (B, C, H, W) batch with its own Gaussian ``sigma[b]`` (pixels; 0 leaves it as is).
+
+    Separable and differentiable; edges are reflected so a border does not darken.
+    """
+    b, c, h, w = x.shape
+    radius = max(1, math.ceil(3 * float(sigma.max())))
+    if 2 * radius + 1 > min(h, w):
+        raise ValueError(f"blur sigma {float(sigma.max()):.2f} needs a kernel wider than the {h}x{w} image")
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    s = sigma.float().clamp_min(1e-3)[:, None]
+    kernel = torch.exp(-0.5 * (offsets[None, :] / s) ** 2)
+    kernel = (kernel / kernel.sum(1, keepdim=True)).to(x.device, x.dtype)  # (B, K); sigma ~0 gives a unit impulse
+    kernel = kernel.repeat_interleave(c, 0)  # one kernel per (image, channel) group
+    y = x.reshape(1, b * c, h, w)
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="reflect"), kernel[:, None, None, :], groups=b * c)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="reflect"), kernel[:, None, :, None], groups=b * c)
+    return y.reshape(b, c, h, w)

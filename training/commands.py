@@ -53,6 +53,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lambda-cls", type=float_range(0), help="weight of the classification loss (preset: 1, StarGAN's)")
     p.add_argument("--cls-augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random rotate/scale/shift + cutout of the images D's classifier reads (default: the preset's)")
+    p.add_argument("--cls-blur", type=float_range(0), metavar="SIGMA",
+                   help="with --cls-augment: blur D's classifier input by a Gaussian of sigma up to SIGMA pixels")
+    p.add_argument("--lambda-change-lap", type=float_range(0), metavar="W",
+                   help="weight of the mean |Laplacian| of the change G(x) - x (penalises stripes; preset: 0)")
     p.add_argument("--init-from", metavar="CKPT",
                    help="start from CKPT's G, EMA G and D weights with fresh optimizers and schedule (not --resume)")
     p.add_argument("--conv-dim", type=POSITIVE, help="base channels of G and D (overrides the preset's width)")
@@ -91,6 +95,7 @@ def _run_train(args: argparse.Namespace) -> int:
         n_critic=args.n_critic, adversarial=args.adversarial, upsample=args.upsample, ema_beta=args.ema_beta,
         decay_start=args.decay_start, input_skip=args.input_skip, perceptual=args.perceptual, perceptual_start_epoch=args.perceptual_start_epoch,
         perceptual_mode=args.perceptual_mode, lambda_cls=args.lambda_cls, cls_augment=args.cls_augment,
+        cls_blur=args.cls_blur, lambda_change_lap=args.lambda_change_lap,
         init_from=args.init_from, conv_dim=args.conv_dim, n_res=args.n_res,
         image_size=args.image_size, channels=args.channels,
         precision=args.precision, device=args.device, threads=args.threads, seed=args.seed, log_every=args.log_every,

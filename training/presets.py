@@ -47,6 +47,11 @@ class LossConfig:
     #: path (real images for D, generated ones for G); D's real/fake output sees them unchanged.
     #: See fexsdk.training.augment.
     cls_augment: bool = False
+    #: With cls_augment: also blur with a Gaussian of sigma up to this many pixels (0: no blur).
+    cls_blur: float = 0.0
+    #: Weight of the mean |Laplacian| of the change G(x) - x (pixels in [-1, 1]). Stripes and bars
+    #: that only D's classifier reads oscillate from pixel to pixel; an expression's change is smooth.
+    lambda_change_lap: float = 0.0
 
     def validate(self) -> None:
         if self.perceptual_mode not in ("replace", "add"):
@@ -55,6 +60,10 @@ class LossConfig:
             raise ValueError(f"adversarial must be one of {ADVERSARIAL_LOSSES}, got {self.adversarial!r}")
         if self.r1_gamma < 0 or self.r1_every < 1:
             raise ValueError(f"r1_gamma must be >= 0 and r1_every >= 1, got {self.r1_gamma} and {self.r1_every}")
+        if self.cls_blur < 0 or self.cls_blur > 0 and not self.cls_augment:
+            raise ValueError(f"cls_blur must be >= 0 and needs cls_augment, got {self.cls_blur} (cls_augment={self.cls_augment})")
+        if self.lambda_change_lap < 0:
+            raise ValueError(f"lambda_change_lap must be >= 0, got {self.lambda_change_lap}")
 
 
 @dataclass

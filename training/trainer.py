@@ -80,6 +80,10 @@ class TrainConfig:
     lambda_cls: Optional[float] = None
     #: Augment the images D's classifier reads (None keeps the preset's; see training/augment.py).
     cls_augment: Optional[bool] = None
+    #: Blur sigma (pixels) on D's classification path (None keeps the preset's; needs cls_augment).
+    cls_blur: Optional[float] = None
+    #: Weight of the change's Laplacian penalty (None keeps the preset's; see LossConfig).
+    lambda_change_lap: Optional[float] = None
     #: Start from the G, EMA G and D weights of this checkpoint (same generator), with fresh optimizers
     #: and schedule: a warm start, unlike ``resume``, which continues a run exactly.
     init_from: Optional[str] = None
@@ -173,7 +177,7 @@ def git_commit() -> str:
 
 #: Columns of scalars.csv (G columns are NaN for an interval without a G step).
 LOG_KEYS = ("lr", "D/loss_real", "D/loss_fake", "D/loss_cls", "D/loss_gp", "D/loss_r1",
-            "G/loss_fake", "G/loss_cls", "G/loss_rec", "G/loss_rec_feat", "G/loss_flow_tv", "G/loss_mask", "G/loss_mask_tv")
+            "G/loss_fake", "G/loss_cls", "G/loss_rec", "G/loss_rec_feat", "G/loss_flow_tv", "G/loss_mask", "G/loss_mask_tv", "G/loss_change_lap")
 
 
 class DomainStream:
@@ -219,6 +223,13 @@ def gradient_penalty(D: Discriminator, real: torch.Tensor, fake: torch.Tensor) -
 def total_variation(t: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference between vertical plus horizontal neighbours of a (B, C, H, W) map."""
     return (t[..., 1:, :] - t[..., :-1, :]).abs().mean() + (t[..., :, 1:] - t[..., :, :-1]).abs().mean()
+
+
+def laplacian_l1(t: torch.Tensor) -> torch.Tensor:
+    """Mean absolute 4-neighbour Laplacian of a (B, C, H, W) map (edges replicated)."""
+    p = F.pad(t, (1, 1, 1, 1), mode="replicate")
+    lap = p[..., :-2, 1:-1] + p[..., 2:, 1:-1] + p[..., 1:-1, :-2] + p[..., 1:-1, 2:] - 4 * t
+    return lap.abs().mean()
 
 
 def r1_penalty(D: Discriminator, real: torch.Tensor) -> torch.Tensor:
@@ -276,8 +287,12 @@ class Trainer:
             self.loss_cfg.adversarial = cfg.adversarial
         if cfg.cls_augment is not None:
             self.loss_cfg.cls_augment = cfg.cls_augment
-        self.cls_augment = ClassAugment() if self.loss_cfg.cls_augment else None
+        if cfg.cls_blur is not None:
+            self.loss_cfg.cls_blur = cfg.cls_blur
+        if cfg.lambda_change_lap is not None:
+            self.loss_cfg.lambda_change_lap = cfg.lambda_change_lap
         self.loss_cfg.validate()
+        self.cls_augment = ClassAugment(max_blur=self.loss_cfg.cls_blur) if self.loss_cfg.cls_augment else None
         self.n_critic = cfg.n_critic or preset.n_critic
 
         self.domains, self.val = self._load_data()
@@ -484,6 +499,10 @@ class Trainer:
                                  "G/loss_mask_tv": g_mask_tv.item()})
                 else:
                     x_fake = self.G(x_real, c_trg)
+                if lc.lambda_change_lap > 0:
+                    g_lap = laplacian_l1(x_fake.float() - x_real.float())
+                    warp_terms = warp_terms + lc.lambda_change_lap * g_lap
+                    logs["G/loss_change_lap"] = g_lap.item()
                 src, cls = self.D(x_fake)
                 if self.cls_augment is not None:
                     _, cls = self.D(self.cls_augment(x_fake))
