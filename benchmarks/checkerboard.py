@@ -4,7 +4,8 @@ Transposed convolutions leave a pattern that repeats every 2 pixels. For each mo
 prints the share of the spectral energy of the change ``G(x, c) - x`` (raw 48x48 output,
 no paste-back filter) at the Nyquist row and column, over PublicTest faces and random
 targets, and the same share for the real faces themselves (mean removed) as the
-reference: what natural faces have at that frequency.
+reference: what natural faces have at that frequency. A second column does the same for all
+periods of 6 pixels or less (the stripes and bars a generator can draw for D's classifier).
 
     python benchmarks/checkerboard.py fexsdk/models/default.onnx runs/gpu/weights/fex-small-r1.pt
 """
@@ -26,7 +27,7 @@ from fexsdk.backends import load_backend
 from fexsdk.emotions import NUM_EMOTIONS
 from fexsdk.metadata import PIXEL_SCALE, normalize
 from fexsdk.noise import noise_for
-from fexsdk.training.spectrum import period2_share
+from fexsdk.training.spectrum import fine_share, period2_share
 
 
 def faces(data: str, count: int) -> np.ndarray:
@@ -36,8 +37,8 @@ def faces(data: str, count: int) -> np.ndarray:
     return normalize(imgs[:, None].astype(np.float32))
 
 
-def change_share(model: str, x: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    """(period-2 share of G(x, c) - x, mean |change| in grey levels) for random targets c."""
+def change_share(model: str, x: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+    """(period-2 share, share at periods <= 6 px, mean |change| in grey levels) of G(x, c) - x for random targets c."""
     backend = load_backend(model, device="cpu")
     rng = np.random.default_rng(seed)
     targets = rng.integers(0, NUM_EMOTIONS, len(x))
@@ -46,7 +47,7 @@ def change_share(model: str, x: np.ndarray, seed: int = 0) -> tuple[float, float
                                       noise_for(backend.meta, seed, range(i, i + len(x[i : i + 256]))))
                           for i in range(0, len(x), 256)])
     change = out - x
-    return period2_share(change), float(np.abs(change).mean() * PIXEL_SCALE)
+    return period2_share(change), fine_share(change), float(np.abs(change).mean() * PIXEL_SCALE)
 
 
 def main() -> int:
@@ -57,13 +58,13 @@ def main() -> int:
     a = p.parse_args()
     x = faces(a.data, a.count)
     print(f"{a.count} PublicTest faces; period-2 share of spectral energy (mean removed)\n")
-    print("| source | upsampling | period-2 share | mean abs change (grey levels) |")
-    print("| --- | --- | --- | --- |")
-    print(f"| real faces (reference) | - | {period2_share(x):.4f} | - |")
+    print("| source | upsampling | period-2 share | share at periods <= 6 px | mean abs change (grey levels) |")
+    print("| --- | --- | --- | --- | --- |")
+    print(f"| real faces (reference) | - | {period2_share(x):.4f} | {fine_share(x):.4f} | - |")
     for m in a.models:
         meta = load_backend(m, device="cpu").meta
-        share, size = change_share(m, x)
-        print(f"| {m} ({meta.preset}) | {upsampling(m)} | {share:.4f} | {size:.1f} |")
+        share, fine, size = change_share(m, x)
+        print(f"| {m} ({meta.preset}) | {upsampling(m)} | {share:.4f} | {fine:.4f} | {size:.1f} |")
     return 0
 
 

@@ -54,6 +54,20 @@ def test_period2_share_of_known_patterns():
         period2_share(np.zeros((1, 7, 8)))
 
 
+def test_fine_share_separates_stripes_from_wide_shapes():
+    from fexsdk.training.spectrum import fine_share
+
+    y = np.arange(48)[:, None].repeat(48, 1)
+    stripes = np.sin(2 * np.pi * y / 4)  # period 4 px: all its energy is fine
+    wide = np.sin(2 * np.pi * y / 16)  # period 16 px: none of it
+    assert fine_share(stripes[None]) == pytest.approx(1.0)
+    assert fine_share(wide[None]) == pytest.approx(0.0, abs=1e-12)
+    assert fine_share((stripes + wide)[None]) == pytest.approx(0.5)  # equal amplitudes, equal energies
+    assert fine_share(stripes.T[None]) == pytest.approx(1.0)  # any direction
+    with pytest.raises(ValueError, match="max_period"):
+        fine_share(stripes[None], max_period=1)
+
+
 def test_resize_conv_has_less_period2_energy_than_transposed_conv_at_init():
     """The checkerboard is a period-2 pattern: at init, transposed convs put energy there, resize-conv much less."""
     from fexsdk.training.spectrum import period2_share

@@ -1,4 +1,5 @@
-"""How much of an image's (or a change's) energy sits at period-2 frequencies: the checkerboard.
+"""How much of an image's (or a change's) energy sits at period-2 frequencies: the checkerboard;
+and how much at periods of a few pixels: the stripes and bars a generator draws for D's classifier.
 
 Transposed convolutions with stride 2 leave a pattern that repeats every 2 pixels; in the
 2-D spectrum it is the Nyquist row and column (frequency 1/2 cycle per pixel). Natural faces
@@ -28,3 +29,25 @@ def period2_share(images: np.ndarray) -> float:
         return 0.0
     nyq = power[..., h // 2, :].sum() + power[..., :, w // 2].sum() - power[..., h // 2, w // 2].sum()
     return float(nyq / total)
+
+
+def fine_share(images: np.ndarray, max_period: float = 6.0) -> float:
+    """Share of spectral energy (mean removed) at periods of ``max_period`` pixels or less, over a batch.
+
+    Radial frequency, so stripes in any direction count. A change that moves mouth and brows
+    (features several pixels wide) has little energy there; thin stripes and bars have most of theirs.
+    """
+    a = np.asarray(images, dtype=np.float64)
+    if a.ndim < 2:
+        raise ValueError(f"need images (..., H, W), got shape {a.shape}")
+    if not max_period >= 2:
+        raise ValueError(f"max_period must be >= 2 pixels (the shortest period an image has), got {max_period}")
+    h, w = a.shape[-2:]
+    a = a - a.mean(axis=(-2, -1), keepdims=True)
+    power = np.abs(np.fft.fft2(a)) ** 2
+    total = power.sum()
+    if total == 0:
+        return 0.0
+    fy, fx = np.fft.fftfreq(h)[:, None], np.fft.fftfreq(w)[None, :]
+    fine = np.hypot(fy, fx) >= 1.0 / max_period
+    return float(power[..., fine].sum() / total)
