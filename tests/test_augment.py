@@ -179,3 +179,30 @@ def test_change_penalty_and_blur_reach_training_and_are_validated(tmp_path):
     assert cfg["cls_blur"] == 1.0 and cfg["lambda_change_lap"] == 2.0
     with pytest.raises(ValueError, match="cls_blur"):
         Trainer(_cfg(tmp_path / "m", max_steps=4, cls_blur=1.0))  # blur without the augmentation
+
+
+def test_not_target_loss_on_hand_checkable_logits():
+    from fexsdk.training.trainer import not_target_loss
+
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]))
+    target = torch.tensor([0, 2])
+    # -log(1 - 0.5) and -log(1 - 0.8), averaged.
+    expected = (-torch.log(torch.tensor(0.5)) - torch.log(torch.tensor(0.2))) / 2
+    assert not_target_loss(logits, target).item() == pytest.approx(expected.item(), rel=1e-6)
+    sure = torch.tensor([[30.0, 0.0, 0.0]])  # p_target ~ 1: large but finite
+    assert 25 < not_target_loss(sure, torch.tensor([0])).item() < 35
+
+
+def test_cls_fake_loss_trains_d_and_is_logged(tmp_path):
+    t = Trainer(_cfg(tmp_path / "f", max_steps=4, cls_augment=True, lambda_cls_fake=1.0))
+    t.fit()
+    import csv
+
+    rows = list(csv.DictReader(open(tmp_path / "f" / "run" / "scalars.csv")))
+    logged = [float(r["D/loss_cls_fake"]) for r in rows if r["D/loss_cls_fake"] not in ("", "nan")]
+    assert logged and all(v > 0 for v in logged)
+    plain = Trainer(_cfg(tmp_path / "p", max_steps=4, cls_augment=True))
+    plain.fit()
+    assert not torch.allclose(plain.D.layers[0][0].weight, t.D.layers[0][0].weight)
+    with pytest.raises(ValueError, match="lambda_cls_fake"):
+        Trainer(_cfg(tmp_path / "n", max_steps=4, lambda_cls_fake=-1.0))

@@ -52,6 +52,10 @@ class LossConfig:
     #: Weight of the mean |Laplacian| of the change G(x) - x (pixels in [-1, 1]). Stripes and bars
     #: that only D's classifier reads oscillate from pixel to pixel; an expression's change is smooth.
     lambda_change_lap: float = 0.0
+    #: Weight of D learning that a generated face is *not* its target emotion: -log(1 - p_target)
+    #: on D's classification of fakes. G can then only win its classification loss with changes
+    #: that D also reads on real faces, not with patterns only fakes carry (0: StarGAN's D).
+    lambda_cls_fake: float = 0.0
 
     def validate(self) -> None:
         if self.perceptual_mode not in ("replace", "add"):
@@ -62,8 +66,8 @@ class LossConfig:
             raise ValueError(f"r1_gamma must be >= 0 and r1_every >= 1, got {self.r1_gamma} and {self.r1_every}")
         if self.cls_blur < 0 or self.cls_blur > 0 and not self.cls_augment:
             raise ValueError(f"cls_blur must be >= 0 and needs cls_augment, got {self.cls_blur} (cls_augment={self.cls_augment})")
-        if self.lambda_change_lap < 0:
-            raise ValueError(f"lambda_change_lap must be >= 0, got {self.lambda_change_lap}")
+        if self.lambda_change_lap < 0 or self.lambda_cls_fake < 0:
+            raise ValueError(f"lambda_change_lap and lambda_cls_fake must be >= 0, got {self.lambda_change_lap} and {self.lambda_cls_fake}")
 
 
 @dataclass

@@ -84,6 +84,8 @@ class TrainConfig:
     cls_blur: Optional[float] = None
     #: Weight of the change's Laplacian penalty (None keeps the preset's; see LossConfig).
     lambda_change_lap: Optional[float] = None
+    #: Weight of D's "a fake is not its target" loss (None keeps the preset's; see LossConfig).
+    lambda_cls_fake: Optional[float] = None
     #: Start from the G, EMA G and D weights of this checkpoint (same generator), with fresh optimizers
     #: and schedule: a warm start, unlike ``resume``, which continues a run exactly.
     init_from: Optional[str] = None
@@ -176,7 +178,7 @@ def git_commit() -> str:
 
 
 #: Columns of scalars.csv (G columns are NaN for an interval without a G step).
-LOG_KEYS = ("lr", "D/loss_real", "D/loss_fake", "D/loss_cls", "D/loss_gp", "D/loss_r1",
+LOG_KEYS = ("lr", "D/loss_real", "D/loss_fake", "D/loss_cls", "D/loss_cls_fake", "D/loss_gp", "D/loss_r1",
             "G/loss_fake", "G/loss_cls", "G/loss_rec", "G/loss_rec_feat", "G/loss_flow_tv", "G/loss_mask", "G/loss_mask_tv", "G/loss_change_lap")
 
 
@@ -223,6 +225,14 @@ def gradient_penalty(D: Discriminator, real: torch.Tensor, fake: torch.Tensor) -
 def total_variation(t: torch.Tensor) -> torch.Tensor:
     """Mean absolute difference between vertical plus horizontal neighbours of a (B, C, H, W) map."""
     return (t[..., 1:, :] - t[..., :-1, :]).abs().mean() + (t[..., :, 1:] - t[..., :, :-1]).abs().mean()
+
+
+def not_target_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean -log(1 - softmax(logits)[target]): low when the target class is judged unlikely."""
+    log_p = F.log_softmax(logits, dim=1)
+    # log(1 - p_t) = log(sum of the other classes' probabilities), computed stably.
+    others = log_p.masked_fill(F.one_hot(target, logits.size(1)).bool(), float("-inf"))
+    return -torch.logsumexp(others, dim=1).mean()
 
 
 def laplacian_l1(t: torch.Tensor) -> torch.Tensor:
@@ -291,6 +301,8 @@ class Trainer:
             self.loss_cfg.cls_blur = cfg.cls_blur
         if cfg.lambda_change_lap is not None:
             self.loss_cfg.lambda_change_lap = cfg.lambda_change_lap
+        if cfg.lambda_cls_fake is not None:
+            self.loss_cfg.lambda_cls_fake = cfg.lambda_cls_fake
         self.loss_cfg.validate()
         self.cls_augment = ClassAugment(max_blur=self.loss_cfg.cls_blur) if self.loss_cfg.cls_augment else None
         self.n_critic = cfg.n_critic or preset.n_critic
@@ -469,6 +481,12 @@ class Trainer:
             src_f, _ = self.D(x_fake.detach())
             d_fake = src_f.float().mean() if wgan else F.softplus(src_f.float()).mean()
             d_loss = d_real + d_fake + lc.lambda_cls * d_cls
+            if lc.lambda_cls_fake > 0:
+                view = x_fake.detach() if self.cls_augment is None else self.cls_augment(x_fake.detach())
+                _, cls_f = self.D(view)
+                d_cls_fake = not_target_loss(cls_f.float()[:, cls_slice], lab_trg)
+                d_loss = d_loss + lc.lambda_cls_fake * d_cls_fake
+                logs["D/loss_cls_fake"] = d_cls_fake.item()
             if wgan:
                 d_gp = gradient_penalty(self.D, x_real, x_fake.detach().to(x_real.dtype)).float()
                 d_loss = d_loss + lc.lambda_gp * d_gp
