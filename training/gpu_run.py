@@ -72,13 +72,15 @@ GPU_RUNS = [
     Run("fex-small-bilinear-wgan", "fex-small-bilinear-wgan", 64),
     #: The same with D's classifier reading augmented images: held-out accuracy 43 -> 70+% on the CPU.
     Run("fex-small-bilinear-wgan-aug", "fex-small-bilinear-wgan-aug", 64),
+    #: The same with D rejecting fakes as their target: clean grids on the CPU (README, "Against the stripes").
+    Run("fex-small-bilinear-wgan-clean", "fex-small-bilinear-wgan-clean", 64),
 ]
 #: Named sets of runs for one call; --only picks runs by name instead.
 GROUPS = {
     "default": ["skip-dropout-wgan", "fex-r1", "fex-small-r1", "fex-small-wgan", "fex-small-warp"],
     "levers": ["fex-small-r1", "fex-small-cls1", "fex-small-cls6", "fex-small-w48", "fex-small-deep", "fex-small-b256",
                "fex-small-softwarp", "fex-small-fineflow", "fex-small-bilinear-wgan",
-               "fex-small-bilinear-wgan-aug"],
+               "fex-small-bilinear-wgan-aug", "fex-small-bilinear-wgan-clean"],
 }
 #: What a call trains unless --group or --only says otherwise.
 DEFAULT_RUNS = GROUPS["default"]

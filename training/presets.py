@@ -196,6 +196,19 @@ def fex_small_bilinear_wgan_aug() -> Preset:
 
 
 @register_preset
+def fex_small_bilinear_wgan_clean() -> Preset:
+    """fex-small-bilinear-wgan-aug whose D also rejects fakes as their target, with a blur and a smooth-change penalty.
+
+    Against the stripes and bars the -aug model draws for D's classifier (README, "Against the stripes").
+    """
+    loss = LossConfig(adversarial="wgan-gp", lambda_cls=2.0, cls_augment=True, cls_blur=1.5,
+                      lambda_change_lap=8.0, lambda_cls_fake=0.5)
+    return Preset("fex-small-bilinear-wgan-clean",
+                  "fex-small-bilinear-wgan-aug + D rejects fakes as their target (0.5), blur 1.5 px, change Laplacian 8, lambda_cls 2",
+                  _fex_generator(32, 3, upsample="bilinear"), loss, d_conv_dim=32, n_critic=5)
+
+
+@register_preset
 def fex() -> Preset:
     """The same recipe at the report's size (conv_dim 64, 6 blocks): for GPUs."""
     return Preset("fex", "skip-dropout + input skip + resize-conv, R1 recipe, lambda_cls 3 (paper size)",
