@@ -201,10 +201,10 @@ def fex_small_bilinear_wgan_clean() -> Preset:
 
     Against the stripes and bars the -aug model draws for D's classifier (README, "Against the stripes").
     """
-    loss = LossConfig(adversarial="wgan-gp", lambda_cls=2.0, cls_augment=True, cls_blur=1.5,
+    loss = LossConfig(adversarial="wgan-gp", lambda_cls=3.0, cls_augment=True, cls_blur=1.5,
                       lambda_change_lap=8.0, lambda_cls_fake=0.5)
     return Preset("fex-small-bilinear-wgan-clean",
-                  "fex-small-bilinear-wgan-aug + D rejects fakes as their target (0.5), blur 1.5 px, change Laplacian 8, lambda_cls 2",
+                  "fex-small-bilinear-wgan-aug + D rejects fakes as their target (0.5), blur 1.5 px, change Laplacian 8, lambda_cls 3",
                   _fex_generator(32, 3, upsample="bilinear"), loss, d_conv_dim=32, n_critic=5)
 
 
