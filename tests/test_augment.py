@@ -206,3 +206,13 @@ def test_cls_fake_loss_trains_d_and_is_logged(tmp_path):
     assert not torch.allclose(plain.D.layers[0][0].weight, t.D.layers[0][0].weight)
     with pytest.raises(ValueError, match="lambda_cls_fake"):
         Trainer(_cfg(tmp_path / "n", max_steps=4, lambda_cls_fake=-1.0))
+
+
+def test_lambda_rec_override_reaches_the_loss_and_the_checkpoint(tmp_path):
+    t = Trainer(_cfg(tmp_path / "r", max_steps=2, lambda_rec=20.0))
+    assert t.loss_cfg.lambda_rec == 20.0
+    t.fit()
+    assert load_checkpoint(tmp_path / "r" / "run" / "last.pt")["loss_config"]["lambda_rec"] == 20.0
+    assert Trainer(_cfg(tmp_path / "d", max_steps=2)).loss_cfg.lambda_rec == 10.0  # the preset's
+    with pytest.raises(ValueError, match="lambda_rec"):
+        Trainer(_cfg(tmp_path / "n", max_steps=2, lambda_rec=-1.0))

@@ -66,6 +66,8 @@ class LossConfig:
             raise ValueError(f"r1_gamma must be >= 0 and r1_every >= 1, got {self.r1_gamma} and {self.r1_every}")
         if self.cls_blur < 0 or self.cls_blur > 0 and not self.cls_augment:
             raise ValueError(f"cls_blur must be >= 0 and needs cls_augment, got {self.cls_blur} (cls_augment={self.cls_augment})")
+        if self.lambda_rec < 0:
+            raise ValueError(f"lambda_rec must be >= 0, got {self.lambda_rec}")
         if self.lambda_change_lap < 0 or self.lambda_cls_fake < 0:
             raise ValueError(f"lambda_change_lap and lambda_cls_fake must be >= 0, got {self.lambda_change_lap} and {self.lambda_cls_fake}")
 

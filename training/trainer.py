@@ -86,6 +86,8 @@ class TrainConfig:
     lambda_change_lap: Optional[float] = None
     #: Weight of D's "a fake is not its target" loss (None keeps the preset's; see LossConfig).
     lambda_cls_fake: Optional[float] = None
+    #: Weight of the cycle (reconstruction) loss (None keeps the preset's, StarGAN's 10).
+    lambda_rec: Optional[float] = None
     #: Start from the G, EMA G and D weights of this checkpoint (same generator), with fresh optimizers
     #: and schedule: a warm start, unlike ``resume``, which continues a run exactly.
     init_from: Optional[str] = None
@@ -303,6 +305,8 @@ class Trainer:
             self.loss_cfg.lambda_change_lap = cfg.lambda_change_lap
         if cfg.lambda_cls_fake is not None:
             self.loss_cfg.lambda_cls_fake = cfg.lambda_cls_fake
+        if cfg.lambda_rec is not None:
+            self.loss_cfg.lambda_rec = cfg.lambda_rec
         self.loss_cfg.validate()
         self.cls_augment = ClassAugment(max_blur=self.loss_cfg.cls_blur) if self.loss_cfg.cls_augment else None
         self.n_critic = cfg.n_critic or preset.n_critic
