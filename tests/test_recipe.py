@@ -231,4 +231,4 @@ def test_gpu_groups_name_known_runs_and_their_flags_parse():
     _add_train(parser.add_subparsers())
     for r in GPU_RUNS:
         assert r.preset in list_presets()
-        parser.parse_args(["train", "--preset", r.preset, "--batch-size", str(r.batch_size), *r.flags])
+        parser.parse_args(["train", "--preset", r.preset, "--batch-size", str(r.batch_size), *r.train_flags()])

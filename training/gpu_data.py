@@ -6,8 +6,12 @@ mosaic: about 26 MB, mean error ~2 grey levels) and PublicTest losslessly, so th
 evaluation on the device scores the exact test images. ``unpack`` writes an ordinary
 ``.npz`` (images, labels, usage) that ``fex train`` and ``fex eval`` read.
 
+``warmstart`` slims a training checkpoint for ``--init-from`` on the device: G, EMA G and D
+stay, the optimizer states (two thirds of the file) go, since ``--init-from`` starts fresh ones.
+
     python -m fexsdk.training.gpu_data pack ../shared/data/fer2013.npz .gpudata/fer2013_packed.npz
     python -m fexsdk.training.gpu_data unpack .gpudata/fer2013_packed.npz /tmp/fer2013.npz
+    python -m fexsdk.training.gpu_data warmstart runs/NAME/last.pt .gpudata/warmstart.pt
 """
 
 from __future__ import annotations
@@ -75,13 +79,27 @@ def unpack(src: Path, dst: Path) -> None:
     print(f"wrote {dst}: {len(train)} Training + {len(test)} PublicTest faces")
 
 
+def warmstart(src: Path, dst: Path) -> None:
+    """Keep what ``--init-from`` reads (configs, G, EMA G, D); drop the optimizers and the RNG state."""
+    from fexsdk.training.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt = load_checkpoint(src)
+    missing = [k for k in ("G", "D", "generator_config", "discriminator_config") if k not in ckpt]
+    if missing or ckpt.get("slim"):
+        raise ValueError(f"{src}: not a full training checkpoint (missing {missing or 'D: it is slim'}); "
+                         "warm starts need OUT/last.pt of a `fex train` run")
+    keep = {k: v for k, v in ckpt.items() if k not in ("opt_g", "opt_d", "torch_rng", "checkpoint_version")}
+    save_checkpoint(dst, keep)
+    print(f"wrote {dst} ({dst.stat().st_size / 1e6:.1f} MB): {src}'s G, EMA G and D for --init-from")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("action", choices=["pack", "unpack"])
+    p.add_argument("action", choices=["pack", "unpack", "warmstart"])
     p.add_argument("src", type=Path)
     p.add_argument("dst", type=Path)
     a = p.parse_args(argv)
-    (pack if a.action == "pack" else unpack)(a.src, a.dst)
+    {"pack": pack, "unpack": unpack, "warmstart": warmstart}[a.action](a.src, a.dst)
     return 0
 
 

@@ -20,6 +20,7 @@ On the GPU (``bash training/gpu_run.sh`` does this and packs OUT for the trip ba
 
 ``--group levers`` trains the lever sweep instead (lambda_cls, width, depth, batch, the softer warp
 head, each beside fex-small-r1): ``bash training/gpu_run.sh DATA "$OUT" 6 --group levers``.
+``--group finetune`` continues one CPU checkpoint (``.gpudata/warmstart.pt``) under several loss weights.
 """
 
 from __future__ import annotations
@@ -48,7 +49,17 @@ class Run:
     flags: list[str] = field(default_factory=list)
     #: Store the slim checkpoint's weights in fp16 (paper-size generators: 17 MB instead of 34).
     half: bool = False
+    #: Warm start (``--init-from``) from this checkpoint, relative to the repository root; make it
+    #: with ``python -m fexsdk.training.gpu_data warmstart`` and carry ``.gpudata`` to the device.
+    init_from: str | None = None
 
+    def train_flags(self) -> list[str]:
+        """The run's own ``fex train`` flags: its extra flags and its warm start."""
+        return [*self.flags, *(["--init-from", self.init_from] if self.init_from else [])]
+
+
+#: The warm-start checkpoint of the ``finetune`` group (the clean model's CPU run, optimizers dropped).
+WARMSTART = ".gpudata/warmstart.pt"
 
 #: The GPU comparison: the report's best row with its own recipe, fexsdk's recipe at paper and CPU size,
 #: and the CPU-size generator with the report's recipe (the two recipes at equal wall-clock).
@@ -74,6 +85,13 @@ GPU_RUNS = [
     Run("fex-small-bilinear-wgan-aug", "fex-small-bilinear-wgan-aug", 64),
     #: The same with D rejecting fakes as their target: clean grids on the CPU (README, "Against the stripes").
     Run("fex-small-bilinear-wgan-clean", "fex-small-bilinear-wgan-clean", 64),
+    # The last phase of the clean model (issue 12): warm-started from its CPU checkpoint, higher cycle
+    # weights to bring the cycle L1 under 0.03, lambda_cls to hold accuracy. EMA beta 0.995: a 4-minute
+    # run makes ~1,000 G updates, and at 0.999 the EMA would still hold a third of the start.
+    *[Run(f"ft-rec{rec}" + (f"-cls{cls}" if cls else ""), "fex-small-bilinear-wgan-clean", 64,
+          ["--lambda-rec", str(rec), *(["--lambda-cls", str(cls)] if cls else []), "--decay-start", "0.3",
+           "--ema-beta", "0.995"], init_from=WARMSTART)
+      for rec, cls in [(10, None), (20, None), (30, None), (20, 2), (20, 4), (40, 4)]],
 ]
 #: Named sets of runs for one call; --only picks runs by name instead.
 GROUPS = {
@@ -81,6 +99,7 @@ GROUPS = {
     "levers": ["fex-small-r1", "fex-small-cls1", "fex-small-cls6", "fex-small-w48", "fex-small-deep", "fex-small-b256",
                "fex-small-softwarp", "fex-small-fineflow", "fex-small-bilinear-wgan",
                "fex-small-bilinear-wgan-aug", "fex-small-bilinear-wgan-clean"],
+    "finetune": [r.name for r in GPU_RUNS if r.init_from == WARMSTART],
 }
 #: What a call trains unless --group or --only says otherwise.
 DEFAULT_RUNS = GROUPS["default"]
@@ -193,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             raise SystemExit(f"unknown run(s) {sorted(unknown)}; known: {[r.name for r in GPU_RUNS]}")
         runs = [r for r in GPU_RUNS if r.name in names]
+        missing = sorted({r.init_from for r in runs if r.init_from and not Path(r.init_from).is_file()})
+        if missing:
+            raise SystemExit(f"warm-start checkpoint(s) {missing} not found: make them with `python -m "
+                             "fexsdk.training.gpu_data warmstart CKPT .gpudata/warmstart.pt` and carry .gpudata")
     minutes = min(a.minutes, 0.15) if a.tiny else a.minutes
     t_start = time.time()
 
@@ -211,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         flags = ["train", "--preset", r.preset, "--data", str(data), "--out", str(a.out / "runs" / r.name),
                  "--batch-size", str(r.batch_size), "--epochs", "1000", "--time-limit", str(minutes), "--time-schedule",
                  "--precision", "auto", "--threads", str(a.threads), "--no-progress", "--log-every", "50",
-                 "--sample-every", "2000" if not a.tiny else "20", "--ckpt-every", "2000" if not a.tiny else "20", *r.flags]
+                 "--sample-every", "2000" if not a.tiny else "20", "--ckpt-every", "2000" if not a.tiny else "20", *r.train_flags()]
         log = open(a.out / f"train-{r.name}.log", "w")
         procs[r.name] = (subprocess.Popen(_cli(*flags), stdout=log, stderr=subprocess.STDOUT, env=env), log)
         print(f"started {r.name}: fex {' '.join(flags)}", flush=True)
