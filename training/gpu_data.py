@@ -6,8 +6,9 @@ mosaic: about 26 MB, mean error ~2 grey levels) and PublicTest losslessly, so th
 evaluation on the device scores the exact test images. ``unpack`` writes an ordinary
 ``.npz`` (images, labels, usage) that ``fex train`` and ``fex eval`` read.
 
-``warmstart`` slims a training checkpoint for ``--init-from`` on the device: G, EMA G and D
-stay, the optimizer states (two thirds of the file) go, since ``--init-from`` starts fresh ones.
+``warmstart`` slims a training checkpoint for ``--init-from`` on the device: the EMA generator
+(which is what was evaluated, and becomes both G and EMA G) and D stay; the live G and the
+optimizer states (three quarters of the file) go, since ``--init-from`` starts fresh optimizers.
 
     python -m fexsdk.training.gpu_data pack ../shared/data/fer2013.npz .gpudata/fer2013_packed.npz
     python -m fexsdk.training.gpu_data unpack .gpudata/fer2013_packed.npz /tmp/fer2013.npz
@@ -80,7 +81,7 @@ def unpack(src: Path, dst: Path) -> None:
 
 
 def warmstart(src: Path, dst: Path) -> None:
-    """Keep what ``--init-from`` reads (configs, G, EMA G, D); drop the optimizers and the RNG state."""
+    """Keep what ``--init-from`` reads (configs, EMA G as G, D); drop live G, the optimizers and the RNG state."""
     from fexsdk.training.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(src)
@@ -88,9 +89,9 @@ def warmstart(src: Path, dst: Path) -> None:
     if missing or ckpt.get("slim"):
         raise ValueError(f"{src}: not a full training checkpoint (missing {missing or 'D: it is slim'}); "
                          "warm starts need OUT/last.pt of a `fex train` run")
-    keep = {k: v for k, v in ckpt.items() if k not in ("opt_g", "opt_d", "torch_rng", "checkpoint_version")}
-    save_checkpoint(dst, keep)
-    print(f"wrote {dst} ({dst.stat().st_size / 1e6:.1f} MB): {src}'s G, EMA G and D for --init-from")
+    keep = {k: v for k, v in ckpt.items() if k not in ("G_ema", "opt_g", "opt_d", "torch_rng", "checkpoint_version")}
+    save_checkpoint(dst, {**keep, "G": ckpt.get("G_ema") or ckpt["G"]})
+    print(f"wrote {dst} ({dst.stat().st_size / 1e6:.1f} MB): {src}'s EMA G and D for --init-from")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -91,7 +91,7 @@ GPU_RUNS = [
     *[Run(f"ft-rec{rec}" + (f"-cls{cls}" if cls else ""), "fex-small-bilinear-wgan-clean", 64,
           ["--lambda-rec", str(rec), *(["--lambda-cls", str(cls)] if cls else []), "--decay-start", "0.3",
            "--ema-beta", "0.995"], init_from=WARMSTART)
-      for rec, cls in [(10, None), (20, None), (30, None), (20, 2), (20, 4), (40, 4)]],
+      for rec, cls in [(10, None), (20, None), (30, None), (20, 2), (20, 4), (40, 4), (30, 5), (40, 5), (50, 5), (60, 6)]],
 ]
 #: Named sets of runs for one call; --only picks runs by name instead.
 GROUPS = {
@@ -99,7 +99,9 @@ GROUPS = {
     "levers": ["fex-small-r1", "fex-small-cls1", "fex-small-cls6", "fex-small-w48", "fex-small-deep", "fex-small-b256",
                "fex-small-softwarp", "fex-small-fineflow", "fex-small-bilinear-wgan",
                "fex-small-bilinear-wgan-aug", "fex-small-bilinear-wgan-clean"],
-    "finetune": [r.name for r in GPU_RUNS if r.init_from == WARMSTART],
+    "finetune": ["ft-rec10", "ft-rec20", "ft-rec30", "ft-rec20-cls2", "ft-rec20-cls4", "ft-rec40-cls4"],
+    #: The second call: accuracy held up by a higher lambda_cls while the cycle weight rises.
+    "finetune2": ["ft-rec30-cls5", "ft-rec40-cls5", "ft-rec50-cls5", "ft-rec60-cls6"],
 }
 #: What a call trains unless --group or --only says otherwise.
 DEFAULT_RUNS = GROUPS["default"]
