@@ -112,6 +112,31 @@ def test_init_from_refuses_another_model_and_resume_together(tmp_path):
         Trainer(_cfg(tmp_path / "w2", init_from=ckpt, resume=True))
 
 
+def test_gpu_warmstart_checkpoint_is_small_and_starts_from_the_ema_generator(tmp_path):
+    """``gpu_data warmstart``: EMA G becomes G, D stays, optimizers go; ``--init-from`` reads it."""
+    from fexsdk.training.gpu_data import warmstart
+    from fexsdk.training.gpu_run import slim_checkpoint
+
+    src = Trainer(_cfg(tmp_path / "src", max_steps=8))
+    src.fit()
+    full = tmp_path / "src" / "run" / "last.pt"
+    warmstart(full, tmp_path / "warm.pt")
+    ck = load_checkpoint(tmp_path / "warm.pt")
+    assert not {"opt_g", "opt_d", "torch_rng", "G_ema"} & set(ck)
+    assert (tmp_path / "warm.pt").stat().st_size < full.stat().st_size / 2
+    warm = Trainer(_cfg(tmp_path / "warm", max_steps=4, init_from=str(tmp_path / "warm.pt")))
+    ema = src.G_ema.state_dict()
+    assert any(not torch.equal(v, src.G.state_dict()[k]) for k, v in ema.items())  # EMA differs from live G
+    for model in (warm.G, warm.G_ema):
+        for k, v in model.state_dict().items():
+            assert torch.equal(v, ema[k]), k
+    assert torch.equal(warm.D.layers[0][0].weight, src.D.layers[0][0].weight)
+    # A slim checkpoint (no D) cannot warm-start a GAN: say so instead of starting D from scratch.
+    slim_checkpoint(full, tmp_path / "slim.pt", half=False)
+    with pytest.raises(ValueError, match="not a full training checkpoint"):
+        warmstart(tmp_path / "slim.pt", tmp_path / "w2.pt")
+
+
 # -- blur on the classification path and the change's Laplacian penalty ------------------------
 def _rows(period: float) -> torch.Tensor:
     """Horizontal stripes: a sine down the rows with the given period in pixels."""

@@ -232,3 +232,13 @@ def test_gpu_groups_name_known_runs_and_their_flags_parse():
     for r in GPU_RUNS:
         assert r.preset in list_presets()
         parser.parse_args(["train", "--preset", r.preset, "--batch-size", str(r.batch_size), *r.train_flags()])
+
+
+def test_gpu_run_refuses_a_missing_warm_start_before_training(tmp_path, monkeypatch):
+    """A finetune group without its carried checkpoint stops at once with the command that makes it."""
+    from fexsdk.training.gpu_run import GROUPS, main
+
+    monkeypatch.chdir(tmp_path)  # no .gpudata/ here
+    with pytest.raises(SystemExit, match="gpu_data warmstart"):
+        main(["--data", "missing.npz", "--out", str(tmp_path / "out"), "--only", GROUPS["finetune"][0]])
+    assert not (tmp_path / "out" / "runs").exists()
