@@ -242,3 +242,23 @@ def test_gpu_run_refuses_a_missing_warm_start_before_training(tmp_path, monkeypa
     with pytest.raises(SystemExit, match="gpu_data warmstart"):
         main(["--data", "missing.npz", "--out", str(tmp_path / "out"), "--only", GROUPS["finetune"][0]])
     assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_checkerboard_per_target_shares_match_each_targets_change(tiny_onnx):
+    """benchmarks/checkerboard.py --per-target: one share per emotion, each the fine share of that target's change."""
+    from benchmarks.checkerboard import fine_share_per_target
+    from fexsdk.backends import load_backend
+    from fexsdk.emotions import EMOTIONS
+    from fexsdk.noise import noise_for
+    from fexsdk.training.spectrum import fine_share
+
+    x = np.random.default_rng(0).uniform(-1, 1, (6, 1, 48, 48)).astype(np.float32)
+    shares = fine_share_per_target(str(tiny_onnx), x)
+    assert list(shares) == list(EMOTIONS)
+    assert all(0.0 <= v <= 1.0 for v in shares.values())
+    backend = load_backend(str(tiny_onnx), device="cpu")
+    k = EMOTIONS.index("fear")
+    label = backend.meta.label_for(np.eye(len(EMOTIONS), dtype=np.float32)[np.full(len(x), k)])
+    change = backend.run(x, label, noise_for(backend.meta, 0, range(len(x)))) - x
+    assert shares["fear"] == pytest.approx(fine_share(change), rel=1e-6)
+    assert len(set(round(v, 6) for v in shares.values())) > 1  # the targets' changes differ
