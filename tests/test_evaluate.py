@@ -198,3 +198,40 @@ def test_balanced_fd_is_zero_for_real_faces_in_the_targets_equal_shares():
     assert frechet_distance(real, perfect) > 2.0  # the plain FD penalises reaching the rare targets
     # With weights all equal it is the plain FD.
     assert frechet_distance(real, perfect, np.ones(len(real))) == pytest.approx(frechet_distance(real, perfect))
+
+
+def _fd_reference():
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("fd_reference", REPO / "benchmarks" / "fd_reference.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_fd_reference_generators_on_synthetic_classes():
+    """benchmarks/fd_reference.py: copying scores 0, reaching every target costs the balanced FD."""
+    ref = _fd_reference()
+    rng = np.random.default_rng(1)
+    counts = np.array([400, 20, 400, 900, 600, 400, 600])
+    labels = np.repeat(np.arange(7), counts)
+    feats = rng.normal(0, 3, (7, 4))[labels] + rng.normal(0, 1, (len(labels), 4))
+    preds = labels.copy()
+    preds[:100] = 3  # 100 angry faces read as happy: angry is 75% right, the rest 100%
+    fds = [frechet_distance(feats, feats, ref.reach_weights(labels, b)) for b in (0.0, 0.5, 1.0)]
+    assert fds[0] == pytest.approx(0.0, abs=1e-9)
+    assert fds[0] < fds[1] < fds[2]
+    assert fds[2] == pytest.approx(frechet_distance(feats, feats, class_balanced_weights(labels)))
+    assert ref.reach_accuracy(labels, preds, 0.0) == pytest.approx(1 / 7)
+    assert ref.reach_accuracy(labels, preds, 1.0) == pytest.approx((0.75 + 6) / 7)
+    # 'mix' at natural shares: FD 0, disgust (20 of 3,320 faces) answered right 7 * 20/3320 of the time.
+    w, acc, weakest = ref.mix_weights(preds, 0.0)
+    assert frechet_distance(feats, feats, w) == pytest.approx(0.0, abs=1e-9)
+    assert weakest == pytest.approx(7 * 20 / len(labels))
+    w1, acc1, weakest1 = ref.mix_weights(preds, 1.0)
+    assert acc1 == weakest1 == 1.0 and acc < acc1
+    assert w1.sum() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="beta must be in"):
+        ref.reach_weights(labels, 1.5)
