@@ -1,5 +1,7 @@
 """Classifier-path augmentation and warm starts (``--cls-augment``, ``--init-from``)."""
 
+import math
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -241,3 +243,32 @@ def test_lambda_rec_override_reaches_the_loss_and_the_checkpoint(tmp_path):
     assert Trainer(_cfg(tmp_path / "d", max_steps=2)).loss_cfg.lambda_rec == 10.0  # the preset's
     with pytest.raises(ValueError, match="lambda_rec"):
         Trainer(_cfg(tmp_path / "n", max_steps=2, lambda_rec=-1.0))
+
+
+def test_focal_cross_entropy_on_hand_checkable_logits():
+    import torch.nn.functional as F
+
+    from fexsdk.training.trainer import focal_cross_entropy
+
+    logits = torch.log(torch.tensor([[0.5, 0.25, 0.25], [0.1, 0.1, 0.8]]))
+    target = torch.tensor([0, 2])
+    assert focal_cross_entropy(logits, target, 0.0).item() == pytest.approx(F.cross_entropy(logits, target).item())
+    # gamma 2: (1 - 0.5)^2 * -log 0.5 and (1 - 0.8)^2 * -log 0.8, averaged.
+    expected = (0.25 * -math.log(0.5) + 0.04 * -math.log(0.8)) / 2
+    assert focal_cross_entropy(logits, target, 2.0).item() == pytest.approx(expected, rel=1e-6)
+    # A face already read as its target (p = 0.8) weighs 0.04 / 0.25 = 0.16x what an unsure one does.
+    grads = []
+    for lg in ([[0.5, 0.25, 0.25]], [[0.1, 0.1, 0.8]]):
+        x = torch.log(torch.tensor(lg)).requires_grad_(True)
+        focal_cross_entropy(x, torch.tensor([0 if lg[0][0] == 0.5 else 2]), 2.0).backward()
+        grads.append(x.grad.abs().sum().item())
+    assert grads[1] < 0.2 * grads[0]
+
+
+def test_cls_focal_reaches_the_loss_and_the_checkpoint(tmp_path):
+    t = Trainer(_cfg(tmp_path / "c", max_steps=2, cls_focal=2.0))
+    assert t.loss_cfg.cls_focal == 2.0
+    t.fit()
+    assert load_checkpoint(tmp_path / "c" / "run" / "last.pt")["loss_config"]["cls_focal"] == 2.0
+    with pytest.raises(ValueError, match="cls_focal"):
+        Trainer(_cfg(tmp_path / "n", max_steps=2, cls_focal=-1.0))

@@ -56,6 +56,10 @@ class LossConfig:
     #: on D's classification of fakes. G can then only win its classification loss with changes
     #: that D also reads on real faces, not with patterns only fakes carry (0: StarGAN's D).
     lambda_cls_fake: float = 0.0
+    #: Focusing exponent of G's classification loss: (1 - p_target)^gamma * cross-entropy (focal
+    #: loss, Lin et al. 2017). Faces D already reads as their target stop being pushed further
+    #: (caricatures), hard targets keep their pull. 0: plain cross-entropy (StarGAN).
+    cls_focal: float = 0.0
 
     def validate(self) -> None:
         if self.perceptual_mode not in ("replace", "add"):
@@ -70,6 +74,8 @@ class LossConfig:
             raise ValueError(f"lambda_rec must be >= 0, got {self.lambda_rec}")
         if self.lambda_change_lap < 0 or self.lambda_cls_fake < 0:
             raise ValueError(f"lambda_change_lap and lambda_cls_fake must be >= 0, got {self.lambda_change_lap} and {self.lambda_cls_fake}")
+        if self.cls_focal < 0:
+            raise ValueError(f"cls_focal must be >= 0, got {self.cls_focal}")
 
 
 @dataclass

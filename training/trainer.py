@@ -86,6 +86,8 @@ class TrainConfig:
     lambda_change_lap: Optional[float] = None
     #: Weight of D's "a fake is not its target" loss (None keeps the preset's; see LossConfig).
     lambda_cls_fake: Optional[float] = None
+    #: Focusing exponent of G's classification loss (None keeps the preset's, 0; see LossConfig).
+    cls_focal: Optional[float] = None
     #: Weight of the cycle (reconstruction) loss (None keeps the preset's, StarGAN's 10).
     lambda_rec: Optional[float] = None
     #: Start from the G, EMA G and D weights of this checkpoint (same generator), with fresh optimizers
@@ -237,6 +239,14 @@ def not_target_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return -torch.logsumexp(others, dim=1).mean()
 
 
+def focal_cross_entropy(logits: torch.Tensor, target: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Mean (1 - p_target)^gamma * -log p_target; gamma 0 is the plain cross-entropy."""
+    log_p = F.log_softmax(logits, dim=1).gather(1, target[:, None])[:, 0]
+    if gamma == 0:
+        return -log_p.mean()
+    return -((1.0 - log_p.exp()).pow(gamma) * log_p).mean()
+
+
 def laplacian_l1(t: torch.Tensor) -> torch.Tensor:
     """Mean absolute 4-neighbour Laplacian of a (B, C, H, W) map (edges replicated)."""
     p = F.pad(t, (1, 1, 1, 1), mode="replicate")
@@ -307,6 +317,8 @@ class Trainer:
             self.loss_cfg.lambda_cls_fake = cfg.lambda_cls_fake
         if cfg.lambda_rec is not None:
             self.loss_cfg.lambda_rec = cfg.lambda_rec
+        if cfg.cls_focal is not None:
+            self.loss_cfg.cls_focal = cfg.cls_focal
         self.loss_cfg.validate()
         self.cls_augment = ClassAugment(max_blur=self.loss_cfg.cls_blur) if self.loss_cfg.cls_augment else None
         self.n_critic = cfg.n_critic or preset.n_critic
@@ -529,7 +541,7 @@ class Trainer:
                 if self.cls_augment is not None:
                     _, cls = self.D(self.cls_augment(x_fake))
                 g_fake = -src.float().mean() if wgan else F.softplus(-src.float()).mean()
-                g_cls = F.cross_entropy(cls.float()[:, cls_slice], lab_trg)
+                g_cls = focal_cross_entropy(cls.float()[:, cls_slice], lab_trg, lc.cls_focal)
                 x_rec = self.G(x_fake, c_org)
                 g_rec = (x_real - x_rec.float()).abs().mean()
                 g_feat = torch.zeros((), device=dev)
