@@ -215,3 +215,35 @@ def test_quantize_refuses_bad_calibration_crops(tiny_onnx, tmp_path):
         quantize_onnx(tiny_onnx, tmp_path / "q.onnx", np.full((4, 48, 48), 3.0, np.float32))
     with pytest.raises(ValueError, match="at least one"):
         quantize_onnx(tiny_onnx, tmp_path / "q.onnx", np.zeros((0, 48, 48), np.uint8))
+
+
+def _bench_module(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"fex_{name}", REPO / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_template_share_tells_a_fixed_pattern_from_face_specific_changes(tiny_onnx):
+    cm = _bench_module("change_map")
+    rng = np.random.default_rng(0)
+    pattern = rng.normal(size=(1, 1, 8, 8))
+    assert cm.template_share(np.repeat(pattern, 50, axis=0)) == pytest.approx(1.0)
+    own = rng.normal(size=(2000, 1, 8, 8))  # independent changes: the mean explains about 1/N
+    assert cm.template_share(own) < 0.01
+    half = np.repeat(pattern, 2000, axis=0) + own  # as much template as face-specific energy
+    assert 0.4 < cm.template_share(half) < 0.6
+    assert cm.template_share(np.zeros((3, 4, 4))) == 0.0
+    with pytest.raises(ValueError, match="at least 2"):
+        cm.template_share(pattern)
+    # On a real (tiny) model: 7 targets' changes, and a picture with a column per target.
+    from fexsdk.backends import load_backend
+
+    side = load_backend(str(tiny_onnx), device="cpu").meta.image_size
+    x = rng.uniform(-1, 1, (5, 1, side, side)).astype(np.float32)
+    ch = cm.changes(str(tiny_onnx), x)
+    assert ch.shape == (7, 5, 1, side, side) and np.abs(ch).max() > 0
+    pic = cm.change_map_picture(ch, scale=2)
+    assert pic.dtype == np.uint8 and pic.shape == (14 + 2 * side * 2, 7 * side * 2)
