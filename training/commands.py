@@ -63,6 +63,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="weight of D learning that a generated face is not its target emotion (preset: 0)")
     p.add_argument("--cls-focal", type=float_range(0), metavar="GAMMA",
                    help="focal exponent of G's classification loss: (1 - p_target)^GAMMA * CE (preset: 0, plain CE)")
+    p.add_argument("--lambda-mean-match", type=float_range(0), metavar="W",
+                   help="weight of matching the running mean generated face of each target to that emotion's mean "
+                        "real face (preset: 0)")
     p.add_argument("--init-from", metavar="CKPT",
                    help="start from CKPT's G, EMA G and D weights with fresh optimizers and schedule (not --resume)")
     p.add_argument("--conv-dim", type=POSITIVE, help="base channels of G and D (overrides the preset's width)")
@@ -102,7 +105,7 @@ def _run_train(args: argparse.Namespace) -> int:
         decay_start=args.decay_start, input_skip=args.input_skip, perceptual=args.perceptual, perceptual_start_epoch=args.perceptual_start_epoch,
         perceptual_mode=args.perceptual_mode, lambda_cls=args.lambda_cls, cls_augment=args.cls_augment,
         cls_blur=args.cls_blur, lambda_change_lap=args.lambda_change_lap, lambda_cls_fake=args.lambda_cls_fake,
-        lambda_rec=args.lambda_rec, cls_focal=args.cls_focal,
+        lambda_rec=args.lambda_rec, cls_focal=args.cls_focal, lambda_mean_match=args.lambda_mean_match,
         init_from=args.init_from, conv_dim=args.conv_dim, n_res=args.n_res,
         image_size=args.image_size, channels=args.channels,
         precision=args.precision, device=args.device, threads=args.threads, seed=args.seed, log_every=args.log_every,

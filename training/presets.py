@@ -60,6 +60,10 @@ class LossConfig:
     #: loss, Lin et al. 2017). Faces D already reads as their target stop being pushed further
     #: (caricatures), hard targets keep their pull. 0: plain cross-entropy (StarGAN).
     cls_focal: float = 0.0
+    #: Weight of the class-mean matching loss: the running mean of G(x, t) against the mean real
+    #: face of emotion t (see fexsdk.training.mean_match). Fixed patterns that real faces of that
+    #: emotion do not share on average (fear's chin grid) cost; those they share do not. 0: off.
+    lambda_mean_match: float = 0.0
 
     def validate(self) -> None:
         if self.perceptual_mode not in ("replace", "add"):
@@ -76,6 +80,8 @@ class LossConfig:
             raise ValueError(f"lambda_change_lap and lambda_cls_fake must be >= 0, got {self.lambda_change_lap} and {self.lambda_cls_fake}")
         if self.cls_focal < 0:
             raise ValueError(f"cls_focal must be >= 0, got {self.cls_focal}")
+        if self.lambda_mean_match < 0:
+            raise ValueError(f"lambda_mean_match must be >= 0, got {self.lambda_mean_match}")
 
 
 @dataclass

@@ -28,6 +28,7 @@ from fexsdk.training.checkpoint import generator_config, load_checkpoint, save_c
 from fexsdk.training.data import FaceDataset, load_dataset, load_image_folder, load_training_data
 from fexsdk.training.logs import ScalarLog, plot_losses, save_grid
 from fexsdk.training.augment import ClassAugment
+from fexsdk.training.mean_match import ClassMeanMatch, class_means
 from fexsdk.training.models import Discriminator, Generator, config_dict
 from fexsdk.training.presets import LossConfig, get_preset
 
@@ -88,6 +89,8 @@ class TrainConfig:
     lambda_cls_fake: Optional[float] = None
     #: Focusing exponent of G's classification loss (None keeps the preset's, 0; see LossConfig).
     cls_focal: Optional[float] = None
+    #: Weight of the class-mean matching loss (None keeps the preset's, 0; see LossConfig).
+    lambda_mean_match: Optional[float] = None
     #: Weight of the cycle (reconstruction) loss (None keeps the preset's, StarGAN's 10).
     lambda_rec: Optional[float] = None
     #: Start from the G, EMA G and D weights of this checkpoint (same generator), with fresh optimizers
@@ -183,7 +186,8 @@ def git_commit() -> str:
 
 #: Columns of scalars.csv (G columns are NaN for an interval without a G step).
 LOG_KEYS = ("lr", "D/loss_real", "D/loss_fake", "D/loss_cls", "D/loss_cls_fake", "D/loss_gp", "D/loss_r1",
-            "G/loss_fake", "G/loss_cls", "G/loss_rec", "G/loss_rec_feat", "G/loss_flow_tv", "G/loss_mask", "G/loss_mask_tv", "G/loss_change_lap")
+            "G/loss_fake", "G/loss_cls", "G/loss_rec", "G/loss_rec_feat", "G/loss_flow_tv", "G/loss_mask", "G/loss_mask_tv", "G/loss_change_lap",
+            "G/loss_mean_match")
 
 
 class DomainStream:
@@ -319,6 +323,8 @@ class Trainer:
             self.loss_cfg.lambda_rec = cfg.lambda_rec
         if cfg.cls_focal is not None:
             self.loss_cfg.cls_focal = cfg.cls_focal
+        if cfg.lambda_mean_match is not None:
+            self.loss_cfg.lambda_mean_match = cfg.lambda_mean_match
         self.loss_cfg.validate()
         self.cls_augment = ClassAugment(max_blur=self.loss_cfg.cls_blur) if self.loss_cfg.cls_augment else None
         self.n_critic = cfg.n_critic or preset.n_critic
@@ -357,10 +363,15 @@ class Trainer:
         self.step = 0
         self.best = math.inf
         self.commit = git_commit()
+        self._resumed_mean_match: Optional[list[torch.Tensor]] = None
         if cfg.resume:
             self._resume()
         elif cfg.init_from:
             self._init_from(Path(cfg.init_from))
+        #: One ClassMeanMatch per domain where the loss is on (its running means resume from the checkpoint).
+        self.mean_match: list[ClassMeanMatch] = []
+        if self.loss_cfg.lambda_mean_match > 0:
+            self._start_mean_match()
 
     # -- data ------------------------------------------------------------
     def _load_data(self) -> tuple[list[FaceDataset], FaceDataset]:
@@ -388,6 +399,28 @@ class Trainer:
         val = FaceDataset(val.images[:n_val], val.labels[:n_val], val.name)
         return domains, val
 
+    @torch.no_grad()
+    def _start_mean_match(self, n_faces: int = 256) -> None:
+        """Real class means per domain (flip-symmetrised, as training flips) and a first fake estimate."""
+        saved = self._resumed_mean_match
+        for i, stream in enumerate(self.streams):
+            real, counts = class_means(normalize(stream.images.float()).to(self.device), stream.labels.to(self.device), NUM_EMOTIONS)
+            mm = ClassMeanMatch(0.5 * (real + real.flip(-1)), counts > 0)
+            if saved is not None:
+                mm.start(saved[i].to(self.device))
+            else:  # G on the first n_faces training faces, each in all 7 targets; training's RNG untouched
+                x = normalize(stream.images[:n_faces].float()).to(self.device)
+                fakes = []
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(self.cfg.seed)
+                    for t in range(NUM_EMOTIONS):
+                        trg = torch.full((x.size(0),), t, dtype=torch.long)
+                        with self._autocast():
+                            fakes.append(self.G(x, domain_label(trg, i, self.n_domains).to(self.device)).float())
+                fake = torch.stack(fakes, 1).mean(0)  # (7, C, H, W)
+                mm.start(0.5 * (fake + fake.flip(-1)))
+            self.mean_match.append(mm)
+
     # -- checkpoints -------------------------------------------------------
     def _payload(self) -> dict[str, Any]:
         return {
@@ -410,6 +443,7 @@ class Trainer:
             "best": self.best,
             "torch_rng": torch.get_rng_state(),
             "commit": self.commit,
+            "mean_match_fake": [mm.fake.cpu() for mm in self.mean_match] or None,
         }
 
     def _resume(self) -> None:
@@ -429,6 +463,7 @@ class Trainer:
         self.step = int(ckpt["step"])
         self.best = float(ckpt["best"])
         torch.set_rng_state(ckpt["torch_rng"])
+        self._resumed_mean_match = ckpt.get("mean_match_fake")
 
     def _init_from(self, path: Path) -> None:
         ckpt = load_checkpoint(path)
@@ -533,6 +568,10 @@ class Trainer:
                                  "G/loss_mask_tv": g_mask_tv.item()})
                 else:
                     x_fake = self.G(x_real, c_trg)
+                if lc.lambda_mean_match > 0:
+                    g_mm = self.mean_match[d].loss(x_fake.float(), lab_trg)
+                    warp_terms = warp_terms + lc.lambda_mean_match * g_mm
+                    logs["G/loss_mean_match"] = g_mm.item()
                 if lc.lambda_change_lap > 0:
                     g_lap = laplacian_l1(x_fake.float() - x_real.float())
                     warp_terms = warp_terms + lc.lambda_change_lap * g_lap
