@@ -8,6 +8,12 @@ face receives the same pattern whatever it looks like, near 0 when each face is 
 way. A generator that paints a fixed "fear" or "surprise" pattern at the same spot of every crop
 scores high, and that pattern lands on the chin of a face whose mouth is elsewhere.
 
+The **mean-face distance** says which part of that template real faces do not share: per target k,
+the RMS (grey levels) between the mean generated face G(x, k) and the mean real PublicTest face of
+emotion k. Copying the input scores the distance of the inputs' mean from each class mean (printed
+as "copy"); a generator that paints more than real faces of that emotion share on average scores
+above it.
+
     python benchmarks/change_map.py fexsdk/models/default.onnx --out docs/change-map-default.png
 """
 
@@ -39,6 +45,14 @@ def template_share(change: np.ndarray) -> float:
     if total == 0:
         return 0.0
     return float(len(c) * (c.mean(axis=0) ** 2).sum() / total)
+
+
+def mean_face_distance(generated: np.ndarray, real_mean: np.ndarray) -> float:
+    """RMS (grey levels) between the mean of ``generated`` (N, C, H, W) and ``real_mean`` (C, H, W), [-1, 1] units."""
+    g = np.asarray(generated, dtype=np.float64)
+    if g.ndim != 4 or g.shape[1:] != np.shape(real_mean):
+        raise ValueError(f"generated must be (N, C, H, W) with (C, H, W) = {np.shape(real_mean)}, got {g.shape}")
+    return float(np.sqrt(((g.mean(axis=0) - real_mean) ** 2).mean()) * PIXEL_SCALE)
 
 
 def changes(model: str, x: np.ndarray, seed: int = 0) -> np.ndarray:
@@ -78,19 +92,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="write the first model's maps to this PNG")
     a = p.parse_args(argv)
     d = np.load(a.data)
-    x = normalize(d["images"][d["usage"] == 1][: a.count, None].astype(np.float32))
+    public = d["usage"] == 1
+    all_x = normalize(d["images"][public][:, None].astype(np.float32))
+    all_y = d["labels"][public]
+    real_means = [all_x[all_y == k].mean(axis=0) for k in range(NUM_EMOTIONS)]
+    x = all_x[: a.count]
     print(f"{len(x)} PublicTest faces; template share of the change per target (1 = the same pattern on every face)\n")
     print("| model | " + " | ".join(EMOTIONS) + " | mean | mean abs change (grey levels) |")
     print("| --- |" + " --- |" * (NUM_EMOTIONS + 2))
+    distances = {"copy": [mean_face_distance(x, r) for r in real_means]}
     for i, m in enumerate(a.models):
         ch = changes(m, x)
         shares = [template_share(c) for c in ch]
         print(f"| {m} | " + " | ".join(f"{s:.2f}" for s in shares)
               + f" | {np.mean(shares):.2f} | {np.abs(ch).mean() * PIXEL_SCALE:.1f} |")
+        distances[m] = [mean_face_distance(x + c, r) for c, r in zip(ch, real_means)]
         if i == 0 and a.out:
             import cv2
 
             cv2.imwrite(a.out, change_map_picture(ch))
+    print(f"\nMean-face distance (grey levels): mean G(x, k) over these faces against the mean real face of k "
+          f"(all {len(all_x)} PublicTest faces)\n")
+    print("| model | " + " | ".join(EMOTIONS) + " | mean |")
+    print("| --- |" + " --- |" * (NUM_EMOTIONS + 1))
+    for m, dist in distances.items():
+        print(f"| {m} | " + " | ".join(f"{v:.1f}" for v in dist) + f" | {np.mean(dist):.1f} |")
     if a.out:
         print(f"\nwrote {a.out} (columns: targets; top: mean |change|, bottom: mean signed change, grey = none)")
     return 0

@@ -247,3 +247,18 @@ def test_template_share_tells_a_fixed_pattern_from_face_specific_changes(tiny_on
     assert ch.shape == (7, 5, 1, side, side) and np.abs(ch).max() > 0
     pic = cm.change_map_picture(ch, scale=2)
     assert pic.dtype == np.uint8 and pic.shape == (14 + 2 * side * 2, 7 * side * 2)
+
+
+def test_mean_face_distance_is_zero_for_the_real_mean_and_grows_with_a_painted_pattern():
+    cm = _bench_module("change_map")
+    rng = np.random.default_rng(1)
+    faces = rng.uniform(-1, 1, (40, 1, 6, 6))
+    real_mean = faces.mean(axis=0)
+    assert cm.mean_face_distance(faces, real_mean) == pytest.approx(0.0, abs=1e-9)
+    # The same pattern (0.2 in [-1, 1] units = 25.5 grey levels) added to every face moves the mean by it.
+    assert cm.mean_face_distance(faces + 0.2, real_mean) == pytest.approx(0.2 * 127.5)
+    # Face-specific changes with zero mean leave the mean face where it was.
+    signs = np.where(np.arange(40) % 2 == 0, 1.0, -1.0)[:, None, None, None]
+    assert cm.mean_face_distance(faces + 0.3 * signs, real_mean) == pytest.approx(0.0, abs=1e-9)
+    with pytest.raises(ValueError, match="generated must be"):
+        cm.mean_face_distance(faces[0], real_mean)
