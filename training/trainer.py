@@ -411,7 +411,7 @@ class Trainer:
             else:  # G on the first n_faces training faces, each in all 7 targets; training's RNG untouched
                 x = normalize(stream.images[:n_faces].float()).to(self.device)
                 fakes = []
-                with torch.random.fork_rng(devices=[]):
+                with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
                     torch.manual_seed(self.cfg.seed)
                     for t in range(NUM_EMOTIONS):
                         trg = torch.full((x.size(0),), t, dtype=torch.long)
