@@ -272,3 +272,38 @@ def test_cls_focal_reaches_the_loss_and_the_checkpoint(tmp_path):
     assert load_checkpoint(tmp_path / "c" / "run" / "last.pt")["loss_config"]["cls_focal"] == 2.0
     with pytest.raises(ValueError, match="cls_focal"):
         Trainer(_cfg(tmp_path / "n", max_steps=2, cls_focal=-1.0))
+
+
+def test_init_from_the_bundled_onnx_takes_its_generator_and_a_fresh_discriminator(tmp_path):
+    """Fine-tuning the shipped model: G and EMA G from the ONNX weights, D as a cold start draws it."""
+    pytest.importorskip("onnx")
+    from fexsdk.training.checkpoint import checkpoint_from_onnx
+    from fexsdk.transfer import DEFAULT_MODEL
+
+    kw = dict(preset="fex-small-bilinear-wgan-clean", max_steps=2, n_critic=1, batch_size=8)
+    warm = Trainer(_cfg(tmp_path / "warm", init_from=str(DEFAULT_MODEL), d_warmup=2, **kw))
+    cold = Trainer(_cfg(tmp_path / "cold", **kw))
+    shipped = checkpoint_from_onnx(DEFAULT_MODEL)["G"]
+    for name, w in shipped.items():
+        assert torch.equal(warm.G.state_dict()[name], w), name
+        assert torch.equal(warm.G_ema.state_dict()[name], w), name
+    assert not torch.equal(cold.G.state_dict()["head.weight"], shipped["head.weight"])
+    for (name, a), (_, b) in zip(warm.D.state_dict().items(), cold.D.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_d_warmup_trains_only_d_then_g(tmp_path):
+    run = Trainer(_cfg(tmp_path, max_steps=8, d_warmup=4))
+    g0 = {k: v.clone() for k, v in run.G.state_dict().items()}
+    ema0 = {k: v.clone() for k, v in run.G_ema.state_dict().items()}
+    d0 = run.D.layers[0][0].weight.clone()
+    run.fit(stop_at=4)
+    assert run.g_updates == 0
+    assert all(torch.equal(run.G.state_dict()[k], v) for k, v in g0.items())
+    assert all(torch.equal(run.G_ema.state_dict()[k], v) for k, v in ema0.items())
+    assert not torch.equal(run.D.layers[0][0].weight, d0)
+    run.fit()
+    assert run.g_updates == 2  # steps 4..7 with n_critic 2
+    assert not torch.equal(run.G.state_dict()["head.weight"], g0["head.weight"])
+    with pytest.raises(ValueError, match="d_warmup"):
+        _cfg(tmp_path / "bad", d_warmup=-1).validate()

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from fexsdk.emotions import EMOTIONS, NUM_EMOTIONS
 from fexsdk.metadata import label_dim_for, label_layout, normalize
-from fexsdk.training.checkpoint import generator_config, load_checkpoint, save_checkpoint
+from fexsdk.training.checkpoint import checkpoint_from_onnx, generator_config, load_checkpoint, save_checkpoint
 from fexsdk.training.data import FaceDataset, load_dataset, load_image_folder, load_training_data
 from fexsdk.training.logs import ScalarLog, plot_losses, save_grid
 from fexsdk.training.augment import ClassAugment
@@ -94,8 +94,12 @@ class TrainConfig:
     #: Weight of the cycle (reconstruction) loss (None keeps the preset's, StarGAN's 10).
     lambda_rec: Optional[float] = None
     #: Start from the G, EMA G and D weights of this checkpoint (same generator), with fresh optimizers
-    #: and schedule: a warm start, unlike ``resume``, which continues a run exactly.
+    #: and schedule: a warm start, unlike ``resume``, which continues a run exactly. An exported ``.onnx``
+    #: (the bundled model, say) gives G and EMA G only: D then starts from scratch (see ``d_warmup``).
     init_from: Optional[str] = None
+    #: Iterations at the start of the run in which only D learns (G and EMA G frozen). A fresh D next to a
+    #: trained G would otherwise feed G random adversarial and classification gradients.
+    d_warmup: int = 0
     #: Width and depth overrides: G and D base channels, G residual blocks (None keeps the preset's).
     conv_dim: Optional[int] = None
     n_res: Optional[int] = None
@@ -133,6 +137,8 @@ class TrainConfig:
             raise ValueError(f"ema_beta must be in [0, 1), got {self.ema_beta}")
         if not 0.0 <= self.decay_start <= 1.0:
             raise ValueError(f"decay_start must be in [0, 1], got {self.decay_start}")
+        if self.d_warmup < 0:
+            raise ValueError(f"d_warmup must be >= 0 iterations, got {self.d_warmup}")
         if self.init_from is not None and self.resume:
             raise ValueError("init_from starts a new run from a checkpoint's weights; resume continues OUT/last.pt: pick one")
         if self.data is None and self.synthetic <= 0:
@@ -466,15 +472,19 @@ class Trainer:
         self._resumed_mean_match = ckpt.get("mean_match_fake")
 
     def _init_from(self, path: Path) -> None:
-        ckpt = load_checkpoint(path)
+        ckpt = checkpoint_from_onnx(path) if path.suffix == ".onnx" else load_checkpoint(path)
         if generator_config(ckpt) != config_dict(self.G):
             raise ValueError(f"--init-from: {path} holds a different generator ({ckpt['preset']}) than preset {self.preset.name}")
-        if ckpt.get("discriminator_config") != config_dict(self.D):
+        if "D" in ckpt and ckpt.get("discriminator_config") != config_dict(self.D):
             raise ValueError(f"--init-from: {path} holds a different discriminator than this run's")
         self.G.load_state_dict(ckpt["G"])
         if self.G_ema is not None:
             self.G_ema.load_state_dict(ckpt.get("G_ema") or ckpt["G"])
-        self.D.load_state_dict(ckpt["D"])
+        if "D" in ckpt:
+            self.D.load_state_dict(ckpt["D"])
+        elif self.is_main:
+            advice = "" if self.cfg.d_warmup else "; --d-warmup N trains it alone first"
+            print(f"--init-from: {path} has no discriminator, D starts from scratch{advice}", flush=True)
 
     def save(self, name: str = "last.pt") -> None:
         if self.is_main:
@@ -552,8 +562,8 @@ class Trainer:
         self.opt_d.step()
         logs.update({"D/loss_real": d_real.item(), "D/loss_fake": d_fake.item(), "D/loss_cls": d_cls.item()})
 
-        # Generator.
-        if (self.step + 1) % self.n_critic == 0:
+        # Generator (frozen during the D warm-up).
+        if (self.step + 1) % self.n_critic == 0 and self.step >= cfg.d_warmup:
             with self._autocast():
                 warp_terms = torch.zeros((), device=dev)
                 if self.G.config.output == "warp":
