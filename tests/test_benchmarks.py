@@ -262,3 +262,34 @@ def test_mean_face_distance_is_zero_for_the_real_mean_and_grows_with_a_painted_p
     assert cm.mean_face_distance(faces + 0.3 * signs, real_mean) == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError, match="generated must be"):
         cm.mean_face_distance(faces[0], real_mean)
+
+
+def test_discriminator_reads_on_a_hand_checkable_discriminator(tiny_checkpoint, tmp_path):
+    """A D that always answers "happy" reads the real happy share and exactly the happy fakes."""
+    torch = pytest.importorskip("torch")
+    from benchmarks.discriminator_reads import discriminator_reads, load_pair
+
+    class AlwaysHappy(torch.nn.Module):
+        def forward(self, x):
+            logits = torch.zeros(len(x), 7)
+            logits[:, 3] = 1
+            return torch.zeros(len(x), 1), logits
+
+    _, G = load_pair(tiny_checkpoint)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 1, 48, 48), dtype=np.uint8)
+    labels = np.array([3] * 5 + [0] * 15)
+    r = discriminator_reads(AlwaysHappy(), G, images, labels, n_fakes=6)
+    assert r.real == pytest.approx(0.25)
+    assert r.fakes_per_target == {e: (1.0 if e == "happy" else 0.0) for e in r.fakes_per_target}
+    assert r.fakes == pytest.approx(1 / 7)
+    D, _ = load_pair(tiny_checkpoint)  # the checkpoint's own D gives fractions of the same images
+    own = discriminator_reads(D, G, images, labels, n_fakes=6)
+    assert 0 <= own.real <= 1 and len(own.fakes_per_target) == 7
+
+    from fexsdk.training.checkpoint import load_checkpoint, save_checkpoint
+
+    slim = {k: v for k, v in load_checkpoint(tiny_checkpoint).items() if k != "D"}
+    save_checkpoint(tmp_path / "slim.pt", slim)
+    with pytest.raises(ValueError, match="no discriminator"):
+        load_pair(tmp_path / "slim.pt")
