@@ -51,8 +51,8 @@ def photo():
         if not FER_NPZ.is_file():
             pytest.skip("needs scikit-image or ../shared/data/fer2013.npz")
         with np.load(FER_NPZ) as d:
-            faces = d["images"][np.flatnonzero(d["usage"] == 1)[:2]]
-        return face_scene(faces, size=180, canvas=(360, 560))[0]
+            faces = d["images"][np.flatnonzero(d["usage"] == 1)[:1]]
+        return face_scene(faces, size=150, canvas=(480, 720))[0]
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +131,7 @@ def test_exif_rotated_jpeg_comes_out_upright_with_its_face_changed(photo, tr, tm
     for f in faces:
         fx, fy, fw, fh = (int(round(v)) for v in f.box)
         outside[max(fy - fh, 0) : fy + 2 * fh, max(fx - fw, 0) : fx + 2 * fw] = False
+    assert outside.sum() > 0.3 * outside.size  # a real margin is left to check
     assert diff[outside].max() == 0  # nothing else did
 
 
