@@ -2,13 +2,16 @@
 
     python -m fexsdk.export.bundle runs/NAME/last.pt [--name default] [--eval runs/eval/NAME]
         [--command "how it was trained"] [--grid-data ../shared/data/fer2013.npz --grid docs/grid-default.png]
+        [--discriminator training/weights/default-discriminator.safetensors]
 
 Exports FP32 ONNX (with parity check) to ``fexsdk/models/NAME.onnx`` and writes
 the model card ``fexsdk/models/NAME.json`` (data, preset, steps, scores, command).
 ``default`` is the model used when none is named; any other name ships as an
 option that users pick by name (``Transfer("NAME")``, ``--model NAME``).
 With ``--grid-data`` it also draws PublicTest faces and their 7 generated expressions
-from the exported file, as the runtime sees it.
+from the exported file, as the runtime sees it. With ``--discriminator`` it also saves the
+checkpoint's D (not part of the package: training/weights/), so that a later fine-tune of the
+shipped model can start with a trained D (``fex train --init-discriminator``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from fexsdk.emotions import EMOTIONS
 from fexsdk.metadata import ModelMetadata
 from fexsdk.grid import EMOTION_COLUMNS, image_grid
 from fexsdk.transfer import BUNDLED_DIR, Transfer
-from fexsdk.training.checkpoint import load_checkpoint
+from fexsdk.training.checkpoint import load_checkpoint, save_discriminator
 
 MAX_BYTES = 20 * 1024 * 1024
 
@@ -91,9 +94,15 @@ def main() -> None:
     p.add_argument("--command", default="", help="the training command, recorded in the card")
     p.add_argument("--grid-data", help="FER2013 file whose PublicTest faces go into a sample grid")
     p.add_argument("--grid", default="docs/grid-default.png", help="where the sample grid goes")
+    p.add_argument("--discriminator", metavar="FILE",
+                   help="also save the checkpoint's D here (.safetensors), for fine-tunes with --init-discriminator")
     args = p.parse_args()
+    if args.discriminator and not args.discriminator.endswith(".safetensors"):
+        p.error(f"--discriminator must name a .safetensors file, got {args.discriminator}")
     path = bundle(args.checkpoint, args.eval, args.command, args.name)
     print(f"wrote {path} and {path.with_suffix('.json')}")
+    if args.discriminator:
+        print(f"wrote {save_discriminator(load_checkpoint(args.checkpoint), args.discriminator)}")
     if args.grid_data:
         print(f"wrote {draw_grid(path, args.grid_data, args.grid)}")
 

@@ -307,3 +307,40 @@ def test_d_warmup_trains_only_d_then_g(tmp_path):
     assert not torch.equal(run.G.state_dict()["head.weight"], g0["head.weight"])
     with pytest.raises(ValueError, match="d_warmup"):
         _cfg(tmp_path / "bad", d_warmup=-1).validate()
+
+
+def test_init_discriminator_restores_a_saved_d_beside_an_onnx_generator(tmp_path):
+    """The D saved next to a shipped model comes back exactly, so a fine-tune of the ONNX starts warm."""
+    pytest.importorskip("onnx")
+    from fexsdk.export.onnx_export import export_onnx
+    from fexsdk.training.checkpoint import load_discriminator, save_discriminator
+    from fexsdk.transfer import DEFAULT_MODEL
+
+    src = Trainer(_cfg(tmp_path / "src", max_steps=4))
+    src.fit()
+    ckpt = load_checkpoint(tmp_path / "src" / "run" / "last.pt")
+    onnx_path = tmp_path / "g.onnx"
+    export_onnx(str(tmp_path / "src" / "run" / "last.pt"), onnx_path)
+    d_file = save_discriminator(ckpt, tmp_path / "d.safetensors")
+    config, state = load_discriminator(d_file)
+    assert config == ckpt["discriminator_config"]
+
+    warm = Trainer(_cfg(tmp_path / "warm", max_steps=2, init_from=str(onnx_path), init_discriminator=str(d_file)))
+    cold = Trainer(_cfg(tmp_path / "cold", max_steps=2, init_from=str(onnx_path)))
+    for name, w in ckpt["D"].items():
+        assert torch.equal(warm.D.state_dict()[name], w), name
+    assert not torch.equal(cold.D.layers[0][0].weight, warm.D.layers[0][0].weight)
+    for name, w in ckpt["G_ema"].items():
+        assert torch.equal(warm.G_ema.state_dict()[name], w), name
+
+    with pytest.raises(ValueError, match="goes with init_from"):
+        _cfg(tmp_path / "alone", init_discriminator=str(d_file)).validate()
+    with pytest.raises(ValueError, match="different discriminator"):
+        Trainer(_cfg(tmp_path / "wide", preset="fex-small-bilinear-wgan-clean", max_steps=2,
+                     init_from=str(DEFAULT_MODEL), init_discriminator=str(d_file)))
+    with pytest.raises(ValueError, match="no discriminator_config"):
+        from safetensors.torch import save_file
+        save_file({"w": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+        load_discriminator(tmp_path / "other.safetensors")
+    with pytest.raises(ValueError, match="holds no discriminator"):
+        save_discriminator({"G": {}}, tmp_path / "x.safetensors")

@@ -69,6 +69,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init-from", metavar="CKPT",
                    help="start from CKPT's G, EMA G and D weights with fresh optimizers and schedule (not --resume); "
                         "an exported .onnx (e.g. fexsdk/models/default.onnx) gives G only, D starts from scratch")
+    p.add_argument("--init-discriminator", metavar="FILE",
+                   help="with --init-from: D's weights from FILE (.safetensors), e.g. "
+                        "training/weights/default-discriminator.safetensors beside the bundled model")
     p.add_argument("--d-warmup", type=int_range(0), default=0, metavar="N",
                    help="train only D for the first N iterations, G frozen (for --init-from an .onnx; default 0)")
     p.add_argument("--conv-dim", type=POSITIVE, help="base channels of G and D (overrides the preset's width)")
@@ -109,7 +112,7 @@ def _run_train(args: argparse.Namespace) -> int:
         perceptual_mode=args.perceptual_mode, lambda_cls=args.lambda_cls, cls_augment=args.cls_augment,
         cls_blur=args.cls_blur, lambda_change_lap=args.lambda_change_lap, lambda_cls_fake=args.lambda_cls_fake,
         lambda_rec=args.lambda_rec, cls_focal=args.cls_focal, lambda_mean_match=args.lambda_mean_match,
-        init_from=args.init_from, d_warmup=args.d_warmup, conv_dim=args.conv_dim, n_res=args.n_res,
+        init_from=args.init_from, init_discriminator=args.init_discriminator, d_warmup=args.d_warmup, conv_dim=args.conv_dim, n_res=args.n_res,
         image_size=args.image_size, channels=args.channels,
         precision=args.precision, device=args.device, threads=args.threads, seed=args.seed, log_every=args.log_every,
         sample_every=args.sample_every, ckpt_every=args.ckpt_every, resume=args.resume, progress=not args.no_progress,

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from fexsdk.emotions import EMOTIONS, NUM_EMOTIONS
 from fexsdk.metadata import label_dim_for, label_layout, normalize
-from fexsdk.training.checkpoint import checkpoint_from_onnx, generator_config, load_checkpoint, save_checkpoint
+from fexsdk.training.checkpoint import (checkpoint_from_onnx, generator_config, load_checkpoint, load_discriminator,
+                                        save_checkpoint)
 from fexsdk.training.data import FaceDataset, load_dataset, load_image_folder, load_training_data
 from fexsdk.training.logs import ScalarLog, plot_losses, save_grid
 from fexsdk.training.augment import ClassAugment
@@ -100,6 +101,9 @@ class TrainConfig:
     #: Iterations at the start of the run in which only D learns (G and EMA G frozen). A fresh D next to a
     #: trained G would otherwise feed G random adversarial and classification gradients.
     d_warmup: int = 0
+    #: With ``init_from``: D's weights from this file (``save_discriminator``'s safetensors), e.g. the D
+    #: shipped beside the bundled model, in place of the checkpoint's D or a fresh one.
+    init_discriminator: Optional[str] = None
     #: Width and depth overrides: G and D base channels, G residual blocks (None keeps the preset's).
     conv_dim: Optional[int] = None
     n_res: Optional[int] = None
@@ -141,6 +145,8 @@ class TrainConfig:
             raise ValueError(f"d_warmup must be >= 0 iterations, got {self.d_warmup}")
         if self.init_from is not None and self.resume:
             raise ValueError("init_from starts a new run from a checkpoint's weights; resume continues OUT/last.pt: pick one")
+        if self.init_discriminator is not None and self.init_from is None:
+            raise ValueError("init_discriminator goes with init_from (the generator it was trained against)")
         if self.data is None and self.synthetic <= 0:
             raise ValueError("give --data PATH (FER2013 csv, folder or npz) or --synthetic N")
         from fexsdk.training.run_checks import check_run_config
@@ -480,7 +486,13 @@ class Trainer:
         self.G.load_state_dict(ckpt["G"])
         if self.G_ema is not None:
             self.G_ema.load_state_dict(ckpt.get("G_ema") or ckpt["G"])
-        if "D" in ckpt:
+        if self.cfg.init_discriminator:
+            d_config, d_state = load_discriminator(self.cfg.init_discriminator)
+            if d_config != config_dict(self.D):
+                raise ValueError(f"--init-discriminator: {self.cfg.init_discriminator} holds a different discriminator "
+                                 f"({d_config}) than this run's ({config_dict(self.D)})")
+            self.D.load_state_dict(d_state)
+        elif "D" in ckpt:
             self.D.load_state_dict(ckpt["D"])
         elif self.is_main:
             advice = "" if self.cfg.d_warmup else "; --d-warmup N trains it alone first"
