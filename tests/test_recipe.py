@@ -231,7 +231,9 @@ def test_gpu_groups_name_known_runs_and_their_flags_parse():
     _add_train(parser.add_subparsers())
     for r in GPU_RUNS:
         assert r.preset in list_presets()
-        parser.parse_args(["train", "--preset", r.preset, "--batch-size", str(r.batch_size), *r.train_flags()])
+        args = parser.parse_args(["train", "--preset", r.preset, "--batch-size", str(r.batch_size), *r.train_flags()])
+        if args.init_discriminator:  # tracked files travel with the working tree: they must be in the repo
+            assert (Path(__file__).parent.parent / args.init_discriminator).is_file(), r.name
 
 
 def test_gpu_run_refuses_a_missing_warm_start_before_training(tmp_path, monkeypatch):
