@@ -83,7 +83,7 @@ def target_vector(target: Target) -> np.ndarray:
     at most 1 and not 0 (so ``{"happy": 0.5}`` is half-way between no emotion code
     and full happy). An emotion named twice (``{"happy": .5, "joy": .5}``) is refused.
     """
-    check_target(target)
+    _check_types(target)
     if isinstance(target, Mapping):
         vec = np.zeros(NUM_EMOTIONS, dtype=np.float32)
         named: dict[int, str] = {}
@@ -115,10 +115,8 @@ def _is_single(target) -> bool:
     return isinstance(target, (str, int, np.integer, Mapping))
 
 
-def check_target(targets) -> None:
-    """Refuse what is not a target, or a list of them, with a ValueError that says what a target is.
-
-    Checks types only (names and values are checked by :func:`target_vector`)."""
+def _check_types(targets) -> None:
+    """Refuse what is not a target, or a list of them, with a ValueError that says what a target is."""
     what = ('a target is an emotion name or alias ("surprise"), an index 0-6, a dict of intensities '
             '({"happy": 0.7}) or a list with one of those per face')
     if targets is None or isinstance(targets, (bool, np.bool_, float, np.floating, bytes)):
@@ -132,9 +130,19 @@ def check_target(targets) -> None:
             raise ValueError(f"{what}; got {type(t).__name__} {t!r} in the list")
 
 
+def check_target(targets) -> None:
+    """Refuse a target, or list of targets, that :func:`target_matrix` would refuse, before any work.
+
+    Names and intensities are checked as well as types, so that a call on an image without faces
+    refuses a misspelt emotion as a call with faces does, instead of returning the image unchanged."""
+    _check_types(targets)
+    for t in [targets] if _is_single(targets) else targets:
+        target_vector(t)
+
+
 def target_matrix(targets: Target | Iterable[Target], count: int) -> np.ndarray:
     """Label vectors for ``count`` faces: one target for all, or one per face."""
-    check_target(targets)
+    _check_types(targets)
     if _is_single(targets):
         return np.repeat(target_vector(targets)[None], count, axis=0)
     items = list(targets)

@@ -185,6 +185,12 @@ API_CASES = [
     ("Transfer(align='yes')", lambda tr: type(tr)(align="yes"), ValueError, "align must be True (turn crops so the eyes are level) or False"),
     ("intensity 2", lambda tr: tr.apply(IMG, {"happy": 2}, faces=BOX), ValueError, "must be a number in [0, 1]"),
     ("intensity as text", lambda tr: tr.apply(IMG, {"happy": "0.5"}, faces=BOX), ValueError, "must be a number"),
+    # No face in IMG: the targets are still checked, not skipped with the paste-back.
+    ("misspelt emotion, no face found", lambda tr: tr.apply(IMG, "happyy"), ValueError, "unknown emotion 'happyy'"),
+    ("intensities over 1, no face found", lambda tr: tr.apply(IMG, {"happy": 0.7, "sad": 0.6}), ValueError,
+     "must add up to at most 1"),
+    ("bad name in a list, no face found", lambda tr: tr.apply(IMG, ["happy", "nope"]), ValueError,
+     "unknown emotion 'nope'"),
 ]
 
 
@@ -194,6 +200,11 @@ def test_api_bad_input(case, tr):
     with pytest.raises(exc) as info:
         call(tr)
     assert fragment in str(info.value)
+
+
+def test_a_face_free_image_comes_back_unchanged_for_a_good_target(tr):
+    out, faces = tr.apply(IMG, "happy", return_faces=True)
+    assert faces == [] and np.array_equal(out, IMG)
 
 
 def test_api_good_inputs_still_work(tr):
