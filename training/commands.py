@@ -50,7 +50,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="force the perceptual (feature) cycle loss on or off (default: the preset's)")
     p.add_argument("--perceptual-start-epoch", type=float_range(0), help="epoch the perceptual loss switches in (preset: 40)")
     p.add_argument("--perceptual-mode", choices=["replace", "add"], help="feature loss replaces or adds to the pixel loss")
-    p.add_argument("--lambda-cls", type=float_range(0), help="weight of the classification loss (preset: 1, StarGAN's)")
+    p.add_argument("--lambda-cls", type=float_range(0), help="weight of the classification loss (preset: 1, StarGAN's, in the Table 2 presets; 3 in the fex* ones)")
     p.add_argument("--cls-augment", action=argparse.BooleanOptionalAction, default=None,
                    help="random rotate/scale/shift + cutout of the images D's classifier reads (default: the preset's)")
     p.add_argument("--cls-blur", type=float_range(0), metavar="SIGMA",

@@ -195,7 +195,7 @@ def fex_small_bilinear_wgan() -> Preset:
     """fex-small's generator with bilinear resize-conv, trained with the report's WGAN-GP recipe.
 
     At equal wall-clock on 2 CPU cores (105 min) bilinear beat nearest by 6.6 points of
-    generated accuracy with the same realism (README, "Long CPU runs").
+    generated accuracy with the same realism (docs/training-log.md, "Long CPU runs").
     """
     return Preset("fex-small-bilinear-wgan", "fex-small generator with bilinear resize-conv, WGAN-GP (5 D steps per G step), lambda_cls 3",
                   _fex_generator(32, 3, upsample="bilinear"), LossConfig(adversarial="wgan-gp", lambda_cls=3.0), d_conv_dim=32, n_critic=5)
@@ -213,7 +213,7 @@ def fex_small_bilinear_wgan_aug() -> Preset:
 def fex_small_bilinear_wgan_clean() -> Preset:
     """fex-small-bilinear-wgan-aug whose D also rejects fakes as their target, with a blur and a smooth-change penalty.
 
-    Against the stripes and bars the -aug model draws for D's classifier (README, "Against the stripes").
+    Against the stripes and bars the -aug model draws for D's classifier (docs/training-log.md, "Against the stripes").
     """
     loss = LossConfig(adversarial="wgan-gp", lambda_cls=3.0, cls_augment=True, cls_blur=1.5,
                       lambda_change_lap=8.0, lambda_cls_fake=0.5)
@@ -254,13 +254,13 @@ def fex_small_smoothflow() -> Preset:
     gen.input_skip, gen.output, gen.paint = False, "warp", False
     gen.flow_cell, gen.max_flow = 8, 0.16
     return Preset("fex-small-smoothflow",
-                  "fex-small-flow with the flow on a 6x6 control grid, at most 4 px at 48x48 (issue 13)",
+                  "fex-small-flow with the flow on a 6x6 control grid, at most 3.8 px at 48x48 (issue 13)",
                   gen, _fex_loss(), d_conv_dim=32, n_critic=1)
 
 
 @register_preset
 def fex_small_softwarp() -> Preset:
-    """fex-small-warp tamed: a fold-free flow of at most 2 px at 48x48 on 4-px cells, and a smooth paint mask.
+    """fex-small-warp tamed: a fold-free flow of at most 1.9 px at 48x48 on 4-px cells, and a smooth paint mask.
 
     Tried on the CPU (2026-11-27): after 2,500 updates it still paints black blobs and striped
     patches that D's classifier reads as the target; kept for longer (GPU) runs, not recommended."""
@@ -270,7 +270,7 @@ def fex_small_softwarp() -> Preset:
     loss = _fex_loss()
     loss.lambda_mask_tv = 1.0
     return Preset("fex-small-softwarp",
-                  "fex-small-warp with the flow on 4-px cells (at most 2 px at 48x48) and a smooth paint mask (issue 13)",
+                  "fex-small-warp with the flow on 4-px cells (at most 1.9 px at 48x48) and a smooth paint mask (issue 13)",
                   gen, loss, d_conv_dim=32, n_critic=1)
 
 
