@@ -64,6 +64,16 @@ class LossConfig:
     #: face of emotion t (see fexsdk.training.mean_match). Fixed patterns that real faces of that
     #: emotion do not share on average (fear's chin grid) cost; those they share do not. 0: off.
     lambda_mean_match: float = 0.0
+    #: Warp heads only, the believability priors of fexsdk.training.flow_priors: area change outside the
+    #: mouth ((det J - 1)^2), still nose and eye corners (px^2), left-right symmetry (px), painted
+    #: amplitude (L1, cheaper in the mouth) and broad painted shading (L1 after a blur of
+    #: ``shading_sigma`` px). 0: off.
+    lambda_area: float = 0.0
+    lambda_still: float = 0.0
+    lambda_symmetry: float = 0.0
+    lambda_paint: float = 0.0
+    lambda_shading: float = 0.0
+    shading_sigma: float = 2.0
 
     def validate(self) -> None:
         if self.perceptual_mode not in ("replace", "add"):
@@ -82,6 +92,11 @@ class LossConfig:
             raise ValueError(f"cls_focal must be >= 0, got {self.cls_focal}")
         if self.lambda_mean_match < 0:
             raise ValueError(f"lambda_mean_match must be >= 0, got {self.lambda_mean_match}")
+        priors = {"lambda_area": self.lambda_area, "lambda_still": self.lambda_still, "lambda_symmetry": self.lambda_symmetry,
+                  "lambda_paint": self.lambda_paint, "lambda_shading": self.lambda_shading}
+        bad = {k: v for k, v in priors.items() if v < 0}
+        if bad or self.shading_sigma <= 0:
+            raise ValueError(f"the flow-prior weights must be >= 0 and shading_sigma > 0, got {bad or self.shading_sigma}")
 
 
 @dataclass
@@ -286,6 +301,26 @@ def fex_small_fineflow() -> Preset:
     return Preset("fex-small-fineflow",
                   "fex-small-flow on a 12x12 control grid, at most 1.9 px at 48x48 (issue 13)",
                   gen, _fex_loss(), d_conv_dim=32, n_critic=1)
+
+
+@register_preset
+def fex_small_believable() -> Preset:
+    """fex-small-fineflow that may also paint, trained under the believability priors (flow_priors.py).
+
+    Moving the face's own pixels keeps photographic detail; the priors keep the movement to what
+    faces do (little area change outside the mouth, still nose and eye corners, symmetric), and
+    paint is charged by amplitude and by broad shading, so it is left for what flow cannot make:
+    the dark gap of an opening mouth. D's classifier reads augmented, blurred images and rejects
+    fakes as their target, against patterns only a classifier reads."""
+    gen = _fex_generator(32, 3)
+    gen.input_skip, gen.output, gen.paint = False, "warp", True
+    gen.flow_cell, gen.max_flow = 4, 0.08
+    loss = LossConfig(adversarial="r1", lambda_cls=2.0, cls_augment=True, cls_blur=1.5, lambda_cls_fake=0.5,
+                      lambda_flow_tv=1.0, lambda_mask=0.5, lambda_mask_tv=1.0,
+                      lambda_area=20.0, lambda_still=2.0, lambda_symmetry=1.0, lambda_paint=8.0, lambda_shading=16.0)
+    return Preset("fex-small-believable",
+                  "fex-small-fineflow + masked paint, under flow priors (area, still points, symmetry) and paint penalties",
+                  gen, loss, d_conv_dim=32, n_critic=1)
 
 
 @register_preset

@@ -28,6 +28,7 @@ from fexsdk.training.checkpoint import (checkpoint_from_onnx, generator_config, 
                                         save_checkpoint)
 from fexsdk.training.data import FaceDataset, load_dataset, load_image_folder, load_training_data
 from fexsdk.training.logs import ScalarLog, plot_losses, save_grid
+from fexsdk.training import flow_priors as priors
 from fexsdk.training.augment import ClassAugment
 from fexsdk.training.mean_match import ClassMeanMatch, class_means
 from fexsdk.training.models import Discriminator, Generator, config_dict
@@ -199,7 +200,23 @@ def git_commit() -> str:
 #: Columns of scalars.csv (G columns are NaN for an interval without a G step).
 LOG_KEYS = ("lr", "D/loss_real", "D/loss_fake", "D/loss_cls", "D/loss_cls_fake", "D/loss_gp", "D/loss_r1",
             "G/loss_fake", "G/loss_cls", "G/loss_rec", "G/loss_rec_feat", "G/loss_flow_tv", "G/loss_mask", "G/loss_mask_tv", "G/loss_change_lap",
-            "G/loss_mean_match")
+            "G/loss_mean_match", "G/loss_area", "G/loss_still", "G/loss_symmetry", "G/loss_paint", "G/loss_shading")
+
+
+def load_generator_weights(G: Generator, state: dict[str, torch.Tensor]) -> None:
+    """Load ``state`` into ``G``; a flow-only warp head's weights fill the first two (flow) channels of a painting head.
+
+    The paint and mask channels keep their initialisation ("little paint"), so a trained flow model
+    is a warm start for the same model that may also paint.
+    """
+    own = G.state_dict()
+    state = dict(state)
+    for key in ("head.weight", "head.bias"):
+        if key in state and state[key].shape != own[key].shape and state[key].shape[0] == 2:
+            grown = own[key].clone()
+            grown[:2] = state[key]
+            state[key] = grown
+    G.load_state_dict(state)
 
 
 class DomainStream:
@@ -340,6 +357,7 @@ class Trainer:
         self.loss_cfg.validate()
         self.cls_augment = ClassAugment(max_blur=self.loss_cfg.cls_blur) if self.loss_cfg.cls_augment else None
         self.n_critic = cfg.n_critic or preset.n_critic
+        self._prior_maps = priors.prior_maps(preset.generator.image_size)
 
         self.domains, self.val = self._load_data()
         self.n_domains = len(self.domains)
@@ -479,13 +497,17 @@ class Trainer:
 
     def _init_from(self, path: Path) -> None:
         ckpt = checkpoint_from_onnx(path) if path.suffix == ".onnx" else load_checkpoint(path)
-        if generator_config(ckpt) != config_dict(self.G):
+        source, ours = generator_config(ckpt), config_dict(self.G)
+        adds_paint = {**source, "paint": True} == ours and source.get("paint") is False
+        if source != ours and not adds_paint:
             raise ValueError(f"--init-from: {path} holds a different generator ({ckpt['preset']}) than preset {self.preset.name}")
         if "D" in ckpt and ckpt.get("discriminator_config") != config_dict(self.D):
             raise ValueError(f"--init-from: {path} holds a different discriminator than this run's")
-        self.G.load_state_dict(ckpt["G"])
+        if adds_paint and self.is_main:
+            print(f"--init-from: {path} is a flow-only warp head; its paint channels start as 'no paint'", flush=True)
+        load_generator_weights(self.G, ckpt["G"])
         if self.G_ema is not None:
-            self.G_ema.load_state_dict(ckpt.get("G_ema") or ckpt["G"])
+            load_generator_weights(self.G_ema, ckpt.get("G_ema") or ckpt["G"])
         if self.cfg.init_discriminator:
             d_config, d_state = load_discriminator(self.cfg.init_discriminator)
             if d_config != config_dict(self.D):
@@ -588,6 +610,7 @@ class Trainer:
                     warp_terms = lc.lambda_flow_tv * g_tv + lc.lambda_mask * g_mask + lc.lambda_mask_tv * g_mask_tv
                     logs.update({"G/loss_flow_tv": g_tv.item(), "G/loss_mask": g_mask.item(),
                                  "G/loss_mask_tv": g_mask_tv.item()})
+                    warp_terms = warp_terms + self._prior_terms(flow_px.float(), parts.residual.float(), lab_trg, logs)
                 else:
                     x_fake = self.G(x_real, c_trg)
                 if lc.lambda_mean_match > 0:
@@ -628,6 +651,26 @@ class Trainer:
                          "G/loss_rec_feat": float(g_feat.detach())})
         self.step += 1
         return logs
+
+    def _prior_terms(self, flow_px: torch.Tensor, residual: torch.Tensor, targets: torch.Tensor,
+                     logs: dict[str, float]) -> torch.Tensor:
+        """The believability priors on a warp head's flow and paint (flow_priors.py), weighted."""
+        lc = self.loss_cfg
+        maps = self._prior_maps
+        terms = {
+            "area": (lc.lambda_area, lambda: priors.area_loss(flow_px, maps.mouth)),
+            "still": (lc.lambda_still, lambda: priors.still_loss(flow_px, maps.still)),
+            "symmetry": (lc.lambda_symmetry, lambda: priors.symmetry_loss(flow_px, priors.symmetry_weights(targets))),
+            "paint": (lc.lambda_paint, lambda: priors.paint_loss(residual, maps.mouth)),
+            "shading": (lc.lambda_shading, lambda: priors.shading_loss(residual, lc.shading_sigma)),
+        }
+        total = torch.zeros((), device=flow_px.device)
+        for name, (weight, loss) in terms.items():
+            if weight > 0:
+                value = loss()
+                logs[f"G/loss_{name}"] = value.item()
+                total = total + weight * value
+        return total
 
     @property
     def sampler(self) -> Generator:

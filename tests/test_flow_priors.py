@@ -1,0 +1,84 @@
+"""The believability priors on hand-made flow fields (training/flow_priors.py)."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from fexsdk.emotions import EMOTIONS  # noqa: E402
+from fexsdk.training import flow_priors as priors  # noqa: E402
+from fexsdk.training.models import Generator  # noqa: E402
+from fexsdk.training.presets import get_preset  # noqa: E402
+from fexsdk.training.trainer import load_generator_weights  # noqa: E402
+
+S = 48
+
+
+def field(fx, fy) -> torch.Tensor:
+    """A (1, 2, S, S) pixel flow from functions of the pixel grid (x, y)."""
+    r = torch.arange(S, dtype=torch.float32)
+    yy, xx = torch.meshgrid(r, r, indexing="ij")
+    return torch.stack([fx(xx, yy), fy(xx, yy)])[None]
+
+
+def test_translation_keeps_area_everywhere():
+    flow = field(lambda x, y: torch.full_like(x, 1.5), lambda x, y: torch.full_like(x, -0.7))
+    assert torch.allclose(priors.jacobian_det(flow), torch.ones(1, 1, S - 1, S - 1))
+    assert priors.area_loss(flow, priors.prior_maps(S).mouth).item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_squash_changes_area():
+    # u = -0.2 (x - 24): the sampled x range shrinks by 20%, a horizontal squash.
+    flow = field(lambda x, y: -0.2 * (x - 24), lambda x, y: torch.zeros_like(x))
+    det = priors.jacobian_det(flow)
+    assert torch.allclose(det, torch.full_like(det, 0.8))
+    assert priors.area_loss(flow, priors.prior_maps(S).mouth).item() > 0.02
+
+
+def test_still_points_charge_moving_the_nose_not_the_brows():
+    maps = priors.prior_maps(S)
+    nose = field(lambda x, y: torch.exp(-((x - 24) ** 2 + (y - 25) ** 2) / 8), lambda x, y: torch.zeros_like(x))
+    brow_lift = field(lambda x, y: torch.zeros_like(x), lambda x, y: -torch.exp(-((x - 14) ** 2 + (y - 12) ** 2) / 8))
+    assert priors.still_loss(nose, maps.still) > 20 * priors.still_loss(brow_lift, maps.still)
+
+
+def test_symmetry():
+    ones = torch.ones(1)
+    # Both mouth corners pulled outwards (a smile): dx = +1 on the right half, -1 on the left.
+    symmetric = field(lambda x, y: torch.sign(x - 23.5), lambda x, y: torch.zeros_like(x))
+    assert priors.symmetry_loss(symmetric, ones).item() == pytest.approx(0.0, abs=1e-7)
+    one_sided = field(lambda x, y: (x > 23.5).float(), lambda x, y: torch.zeros_like(x))
+    assert priors.symmetry_loss(one_sided, ones).item() > 0.4
+    weights = priors.symmetry_weights(torch.tensor([EMOTIONS.index("disgust"), EMOTIONS.index("happy")]))
+    assert weights[0] < weights[1] == 1.0
+
+
+def test_shading_charges_broad_paint_more_than_fine_paint():
+    broad = torch.full((1, 1, S, S), 0.1)
+    fine = torch.zeros(1, 1, S, S)
+    fine[..., ::2, ::2] = 0.4  # the same mean |paint|
+    assert priors.paint_loss(broad, torch.zeros(1, 1, S, S)) == pytest.approx(priors.paint_loss(fine, torch.zeros(1, 1, S, S)))
+    assert priors.shading_loss(broad, 2.0) > 0.9 * 0.1
+    assert priors.shading_loss(fine, 2.0) == pytest.approx(0.1, rel=0.1)  # blurred to its mean: paint still costs
+    blob = torch.zeros(1, 1, S, S)
+    blob[..., 10:14, 10:14] = 1.0
+    assert priors.shading_loss(blob, 2.0) < priors.paint_loss(blob, torch.zeros(1, 1, S, S)) * 1.01
+
+
+def test_mouth_paint_is_cheaper():
+    maps = priors.prior_maps(S)
+    mouth, cheek = torch.zeros(1, 1, S, S), torch.zeros(1, 1, S, S)
+    mouth[..., 34:38, 22:26] = 1.0
+    cheek[..., 24:28, 6:10] = 1.0
+    assert priors.paint_loss(mouth, maps.mouth) < 0.5 * priors.paint_loss(cheek, maps.mouth)
+
+
+def test_flow_only_weights_warm_start_a_painting_head():
+    paint = Generator(**vars(get_preset("fex-small-believable").generator))
+    cfg = vars(get_preset("fex-small-believable").generator).copy()
+    cfg["paint"] = False
+    flow_only = Generator(**cfg)
+    before = paint.head.weight[2:].clone()
+    load_generator_weights(paint, flow_only.state_dict())
+    assert torch.equal(paint.head.weight[:2], flow_only.head.weight)
+    assert torch.equal(paint.head.weight[2:], before)
+    assert paint.head.bias[-1].item() == -3.0  # the mask starts closed: "little paint"
