@@ -424,6 +424,9 @@ def find_ffmpeg() -> Optional[str]:
 
 _AUDIO_STREAM = re.compile(r"^\s*Stream #\d+:\d+\S*: Audio: ([A-Za-z0-9_]+)", re.MULTILINE)
 _DURATION = re.compile(r"^\s*Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", re.MULTILINE)
+_START = re.compile(r"^\s*Duration: .*?, start: (-?\d+(?:\.\d+)?)", re.MULTILINE)
+_TIMEBASE = re.compile(r"^#tb 0: (\d+)/(\d+)", re.MULTILINE)
+_PACKET = re.compile(r"^0,\s*-?\d+,\s*(-?\d+),", re.MULTILINE)
 
 
 def _file_arg(path: Union[str, os.PathLike]) -> str:
@@ -431,19 +434,50 @@ def _file_arg(path: Union[str, os.PathLike]) -> str:
     return "file:" + os.fspath(path)
 
 
-def _probe(path: Union[str, os.PathLike], exe: str) -> Optional[tuple[list[str], Optional[float]]]:
-    """(audio codecs, duration in seconds or None) of a media file; None when ffmpeg cannot read it."""
+def _describe(path: Union[str, os.PathLike], exe: str) -> Optional[str]:
+    """ffmpeg's description of a media file (its stderr without an output), or None when it cannot read it."""
     try:
         # Without an output ffmpeg describes the input on stderr and exits 1.
         r = subprocess.run([exe, "-hide_banner", "-nostdin", "-i", _file_arg(path)], capture_output=True, text=True,
                            errors="replace", timeout=30)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    if "Input #0" not in r.stderr:
+    return r.stderr if "Input #0" in r.stderr else None
+
+
+def _probe(path: Union[str, os.PathLike], exe: str) -> Optional[tuple[list[str], Optional[float]]]:
+    """(audio codecs, duration in seconds or None) of a media file; None when ffmpeg cannot read it."""
+    text = _describe(path, exe)
+    if text is None:
         return None
-    m = _DURATION.search(r.stderr)
+    m = _DURATION.search(text)
     seconds = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3)) if m else None
-    return _AUDIO_STREAM.findall(r.stderr), seconds
+    return _AUDIO_STREAM.findall(text), seconds
+
+
+def video_start_offset(path: Union[str, os.PathLike], exe: str) -> float:
+    """Seconds from the start of a media file (its earliest stream) to its first video frame; 0 when unknown.
+
+    Many files' video starts after their audio (an edit list, a camera that starts sound first). ffmpeg
+    keeps the audio's place relative to the file's start when it muxes it in, so the frames the demo
+    writes must start this late too, or the picture runs ahead of the sound by as much. The first
+    video packet's time is read with ``-copyts`` (as stored) from a one-packet ``framecrc`` dump.
+    """
+    text = _describe(path, exe)
+    m = None if text is None else _START.search(text)
+    if m is None:
+        return 0.0
+    try:
+        r = subprocess.run([exe, "-hide_banner", "-loglevel", "error", "-nostdin", "-copyts", "-i", _file_arg(path),
+                            "-map", "0:v:0", "-c", "copy", "-frames:v", "1", "-f", "framecrc", "-"],
+                           capture_output=True, text=True, errors="replace", timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return 0.0
+    tb, pts = _TIMEBASE.search(r.stdout), _PACKET.search(r.stdout)
+    if tb is None or pts is None:
+        return 0.0
+    offset = int(pts.group(1)) * int(tb.group(1)) / int(tb.group(2)) - float(m.group(1))
+    return offset if 0 < offset < 3600 else 0.0
 
 
 def probe_audio(path: Union[str, os.PathLike], ffmpeg: Optional[str] = None) -> Optional[list[str]]:
@@ -504,6 +538,9 @@ class FfmpegSink:
         #: Seconds of the audio source, once its audio is muxed in (None: unknown).
         self._audio_seconds: Optional[float] = None
         self._has_audio = False
+        #: Seconds the input's first video frame comes after its start (its audio's timeline); the frames
+        #: written are placed that late too, so that sound and picture stay together.
+        self.video_offset = 0.0
         if audio_from is not None:
             probed = _probe(audio_from, exe)
             codecs = None if probed is None else probed[0]
@@ -514,6 +551,10 @@ class FfmpegSink:
             else:
                 self._has_audio = True
                 self._audio_seconds = probed[1]
+                self.video_offset = video_start_offset(audio_from, exe)
+                if self.video_offset:  # -itsoffset shifts the input after it: the frames from the pipe
+                    pipe = cmd.index("-i")
+                    cmd[pipe:pipe] = ["-itsoffset", f"{self.video_offset:.6f}"]
                 cmd += ["-i", _file_arg(audio_from)]
                 if fmt.copy_audio is None or all(c in fmt.copy_audio for c in codecs):
                     audio_args = ["-c:a", "copy"]
@@ -522,6 +563,8 @@ class FfmpegSink:
                     args, name = fmt.encode_audio
                     audio_args = list(args)
                     self.audio = f"re-encoded to {name} ({', '.join(codecs)} does not fit {self.path.suffix})"
+                if self.video_offset:
+                    self.audio += f"; the video starts {self.video_offset:.3f} s into it, as in the input"
                 audio_args += ["-map", "1:a?"]
         cmd += ["-map", "0:v", "-sws_flags", _SWS_FLAGS]
         if fmt.even and (self.size[0] % 2 or self.size[1] % 2):
@@ -582,7 +625,7 @@ class FfmpegSink:
         if code != 0:
             raise self._failure(f"failed (exit code {code})")
         if self._has_audio and self.frames:
-            video_seconds = self.frames / float(Fraction(self.fps).limit_denominator(1001))
+            video_seconds = self.video_offset + self.frames / float(Fraction(self.fps).limit_denominator(1001))
             # More than two frames of audio past the video's end: the run stopped early, cut the audio there.
             if self._audio_seconds is None or self._audio_seconds > video_seconds + 2.0 / self.fps:
                 self._trim(video_seconds)
