@@ -53,8 +53,11 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _run_export_onnx(args: argparse.Namespace) -> int:
     require("torch", "train", "fex export onnx")
     require("onnx", "train", "fex export onnx")
+    from fexsdk.backends import ONNX_SUFFIXES
     from fexsdk.export.onnx_export import export_onnx
+    from fexsdk.export.paths import check_output_file
 
+    check_output_file(args.output, [args.checkpoint], ONNX_SUFFIXES, "ONNX model")
     report = export_onnx(args.checkpoint, args.output, opset=args.opset, fp16=args.fp16, check=not args.no_check)
     print(f"wrote {report.path} ({report.size_bytes / 1e6:.2f} MB, {report.metadata.precision}, preset "
           f"{report.metadata.preset or '?'}, noise size {report.metadata.noise_size})")
@@ -66,10 +69,13 @@ def _run_export_onnx(args: argparse.Namespace) -> int:
 
 def _run_export_int8(args: argparse.Namespace) -> int:
     require("onnx", "train", "fex export int8")
-    from fexsdk.metadata import read_metadata
+    from fexsdk.backends import ONNX_SUFFIXES
+    from fexsdk.export.paths import check_output_file
     from fexsdk.export.quantize import quantize_onnx
+    from fexsdk.metadata import read_metadata
     from fexsdk.training.data import load_dataset
 
+    check_output_file(args.output, [args.onnx], ONNX_SUFFIXES, "ONNX model")
     meta = read_metadata(args.onnx)
     faces = load_dataset(args.data, "train", meta.image_size, meta.channels).images[: args.count]
     report = quantize_onnx(args.onnx, args.output, faces)
@@ -82,8 +88,10 @@ def _run_export_int8(args: argparse.Namespace) -> int:
 def _run_export_classifier(args: argparse.Namespace) -> int:
     require("torch", "train", "fex export classifier")
     require("safetensors", "train", "fex export classifier")
+    from fexsdk.export.paths import check_output_file
     from fexsdk.training.classifier import export_classifier_with_card
 
+    check_output_file(args.output, [args.checkpoint], (".safetensors",), "exported classifier")
     path, card = export_classifier_with_card(args.checkpoint, args.output, args.data)
     if "accuracy" in card:
         print(f"PublicTest accuracy of the fp16 classifier: {100 * card['accuracy']:.2f}%")
@@ -93,8 +101,11 @@ def _run_export_classifier(args: argparse.Namespace) -> int:
 
 def _run_export_engine(args: argparse.Namespace) -> int:
     from fexsdk._trt import BatchProfile
+    from fexsdk.backends import ENGINE_SUFFIXES
+    from fexsdk.export.paths import check_output_file
     from fexsdk.export.tensorrt_engine import EngineOptions, build_engine
 
+    check_output_file(args.output, [args.onnx], ENGINE_SUFFIXES, "TensorRT engine")
     options = EngineOptions(precision=args.precision, profile=BatchProfile.parse(args.batch),
                             timing_cache=args.timing_cache or None, verbosity=args.verbosity,
                             workspace_mib=args.workspace_mib)

@@ -78,11 +78,14 @@ def export_onnx(checkpoint: str | os.PathLike, output: str | os.PathLike, opset:
     """Export a training checkpoint's generator; returns the file and the parity it reached."""
     import onnx
 
+    from fexsdk.backends import ONNX_SUFFIXES
+    from fexsdk.export.paths import check_output_file
+
+    output = check_output_file(output, [checkpoint], ONNX_SUFFIXES, "ONNX model", option="output")
     ckpt = load_checkpoint(checkpoint)
     G = generator_from_checkpoint(ckpt).eval()
     reference = generator_from_checkpoint(ckpt).eval()  # stays float32 for the parity check
     meta = metadata_from_checkpoint(ckpt, "fp16" if fp16 else "fp32")
-    output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
 
     feeds = sample_inputs(meta, 2)

@@ -106,12 +106,20 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calibration_cr
     """
     onnx = require("onnx", "train", "quantizing a model")
     ort_quant = require("onnxruntime.quantization", "train", "quantizing a model")
-    src, dst = Path(src), Path(dst)
+    from fexsdk.backends import ONNX_SUFFIXES
+    from fexsdk.export.paths import check_output_file
+
+    src = Path(src)
     if not src.is_file():
         raise FileNotFoundError(f"model file not found: {src}")
+    dst = check_output_file(dst, [src], ONNX_SUFFIXES, "ONNX model", option="output")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    model = onnx.load(str(src))
+    try:
+        model = onnx.load(str(src))
+    except Exception as exc:  # protobuf's DecodeError and friends: a cut or foreign file
+        raise ValueError(f"{src} is not a readable ONNX model ({type(exc).__name__}: the file is truncated, "
+                         "damaged or not ONNX); quantize the .onnx file `fex export onnx` wrote") from None
     meta, props = _read_meta(model)
     if meta.precision not in ("fp32", ""):
         raise ValueError(f"{src} is a {meta.precision} model; quantize the fp32 export")

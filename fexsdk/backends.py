@@ -70,6 +70,7 @@ class OnnxBackend:
         expected = {"image", "label"} | ({"noise"} if self.meta.noise_size else set())
         if inputs != expected:
             raise ValueError(f"{path}: graph inputs {sorted(inputs)} do not match its metadata ({sorted(expected)})")
+        check_input_shapes(path, self.meta, {i.name: i.shape for i in self.session.get_inputs()})
         self.name = f"onnxruntime/{self.session.get_providers()[0]}"
 
     def run(self, image, label, noise):
@@ -78,6 +79,22 @@ class OnnxBackend:
     def run_outputs(self, image, label, noise):
         values = self.session.run(list(self.meta.outputs), self.meta.feeds(image, label, noise))
         return dict(zip(self.meta.outputs, values))
+
+
+def check_input_shapes(path: str | os.PathLike, meta: ModelMetadata, shapes: dict[str, list]) -> None:
+    """ValueError where the graph's fixed input sizes disagree with the metadata the runtime feeds by:
+    found at load time, rather than as onnxruntime's InvalidArgument on the first face."""
+    expected = {"image": [meta.channels, meta.image_size, meta.image_size], "label": [meta.label_dim]}
+    if meta.noise_size:
+        expected["noise"] = [meta.noise_size]
+    for name, want in expected.items():
+        got = list(shapes.get(name) or [])[1:]  # the batch axis is free
+        fixed = [(g, w) for g, w in zip(got, want) if isinstance(g, int)]
+        if len(got) != len(want) or any(g != w for g, w in fixed):
+            raise ValueError(f"{path}: its metadata says input {name!r} is (batch, {', '.join(map(str, want))}) "
+                             f"(image_size {meta.image_size}, channels {meta.channels}) but the graph takes "
+                             f"{['batch', *got]}; the file was edited or mis-exported: export it again with "
+                             "`fex export onnx`")
 
 
 #: Upper bound of the default CPU thread count: more threads hardly speed up a 48x48 generator.

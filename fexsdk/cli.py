@@ -74,16 +74,19 @@ check_out_folder = _check_out_folder
 
 
 def _check_image_input(path: str) -> None:
-    if Path(path).is_dir():
-        raise ValueError(f"{path} is a folder, not an image file")
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
+    from fexsdk.images import check_image_file
+
+    check_image_file(path)  # a folder, a device (/dev/zero) or a FIFO each get their own message
+
+
+def _can_write(suffix: str) -> bool:
+    from fexsdk.images import can_write
+
+    return can_write(suffix)
 
 
 def _check_image_output(output: str, inputs: Sequence[str] = ()) -> None:
     """Refuse an output image path that cannot be written, before any work is done."""
-    import cv2
-
     path = Path(output)
     if path.is_dir():
         raise ValueError(f"output {path} is a folder; give a file name such as {path / 'out.png'}")
@@ -92,7 +95,7 @@ def _check_image_output(output: str, inputs: Sequence[str] = ()) -> None:
         raise FileNotFoundError(f"output folder does not exist: {parent} (create it first)")
     if not path.suffix:
         raise ValueError(f"output {path} has no extension; add one that names the image format, e.g. {path}.png or .jpg")
-    if not cv2.haveImageWriter(str(path)):
+    if not _can_write(path.suffix):
         raise ValueError(f"output {path}: OpenCV cannot write {path.suffix!r} images; use .png, .jpg, .bmp, .tif or .webp")
     for src in inputs:
         if Path(src).exists() and path.exists() and os.path.samefile(src, path):
@@ -118,8 +121,9 @@ def _add_runtime(sub: argparse._SubParsersAction) -> None:
     a.add_argument("-o", "--output", required=True,
                    help="image file to write, its extension naming the format (.png, .jpg); for several inputs, a "
                         "folder (created if missing) that gets one image per input, with the input's name")
-    a.add_argument("--strength", type=_float_range(0, 2), default=1.0,
-                   help="scales the change, 0-2 (0 = unchanged, 1 = the model's change; default 1)")
+    a.add_argument("--strength", type=_float_range(0, 2), default=None,
+                   help="scales the change, 0-2 (0 = unchanged, 1 = the model's change; default: the model's "
+                        "strength for the emotion, from its card)")
     a.add_argument("--no-align", action="store_true",
                    help="do not turn tilted faces upright (by their eye landmarks) before changing them")
     a.set_defaults(func=_run_apply)
@@ -163,11 +167,10 @@ def _write(path: str, image) -> None:
         raise ValueError(f"OpenCV could not write {path} (disk full, or no permission?)")
 
 
-def _apply_jobs(inputs: Sequence[str], output: str) -> list[tuple[Path, Path]]:
-    """(input, output) pairs for ``fex apply``: one file to a file, or several/a folder/a glob to a folder."""
+def _apply_jobs(inputs: Sequence[str], output: str) -> tuple[list[tuple[Path, Path]], Path | None]:
+    """(input, output) pairs for ``fex apply`` and the output folder: one file to a file (folder None),
+    or several/a folder/a glob to a folder, even when the folder or glob holds a single image."""
     import glob
-
-    import cv2
 
     from fexsdk.images import expand_inputs, output_names
 
@@ -175,13 +178,13 @@ def _apply_jobs(inputs: Sequence[str], output: str) -> list[tuple[Path, Path]]:
     if single:
         _check_image_input(inputs[0])
         _check_image_output(output, inputs)
-        return [(Path(inputs[0]), Path(output))]
+        return [(Path(inputs[0]), Path(output))], None
     folder = Path(output)
     what = f"{inputs[0]} is a folder, not an image file" if len(inputs) == 1 and Path(inputs[0]).is_dir() \
         else f"{len(inputs)} inputs" if len(inputs) > 1 else f"{inputs[0]} is a pattern"
     if folder.exists() and not folder.is_dir():
         raise ValueError(f"{what}: to write one image per input, give -o an output folder ({output} is a file)")
-    if not folder.exists() and folder.suffix and cv2.haveImageWriter(str(folder)):
+    if not folder.exists() and folder.suffix and _can_write(folder.suffix):
         raise ValueError(f"{what}: to write one image per input, give -o an output folder, not an image name ({output})")
     sources = expand_inputs(inputs)
     jobs = list(zip(sources, output_names(sources, folder)))
@@ -189,7 +192,7 @@ def _apply_jobs(inputs: Sequence[str], output: str) -> list[tuple[Path, Path]]:
         if dst.exists() and os.path.samefile(src, dst):
             raise ValueError(f"output {dst} is the input image; writing it would replace your original: "
                              "choose another output folder")
-    return jobs
+    return jobs, folder
 
 
 def _run_apply(args: argparse.Namespace) -> int:
@@ -201,13 +204,13 @@ def _run_apply(args: argparse.Namespace) -> int:
     from fexsdk.images import read_image
     from fexsdk.transfer import to_uint8
 
-    jobs = _apply_jobs(args.input, args.output)
+    jobs, folder = _apply_jobs(args.input, args.output)
     target = parse_target(args.emotion)
     target_vector(target)  # a bad -e fails before the model is loaded
     tr = _transfer(args)
     what = args.emotion if isinstance(target, dict) else canonical_name(target)
-    if len(jobs) > 1:
-        jobs[0][1].parent.mkdir(parents=True, exist_ok=True)
+    if folder is not None:  # created if missing, as --help says, however many images go into it
+        folder.mkdir(parents=True, exist_ok=True)
     skipped, changed, faces_total = [], 0, 0
     bar = tqdm(jobs, unit="image", disable=len(jobs) == 1, file=sys.stderr, dynamic_ncols=True)
     for src, dst in bar:
@@ -225,11 +228,11 @@ def _run_apply(args: argparse.Namespace) -> int:
         _write(str(dst), image)
         changed += bool(faces)
         faces_total += len(faces)
-        if len(jobs) == 1:
+        if folder is None:
             print(f"{len(faces)} face(s) changed to {what}; wrote {dst}" if faces
                   else f"no face found in {src}; wrote it unchanged to {dst}")
     bar.close()
-    if len(jobs) > 1:
+    if folder is not None:
         done = len(jobs) - len(skipped)
         print(f"{done} image(s) written to {args.output}: {faces_total} face(s) changed to {what} in {changed}, "
               f"no face in {done - changed}" + (f"; {len(skipped)} skipped" if skipped else ""))
@@ -297,8 +300,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-e", "--emotion", default="happy", help="emotion to start with: name, alias or index 0-6 (default: happy)")
     p.add_argument("--seed", type=_SEED, default=0, help="noise seed; face track i keeps the noise face i gets from `fex apply --seed` for its whole life")
     p.add_argument("--fresh-noise", action="store_true", help="draw new dropout noise every frame (flickers; for comparison)")
-    p.add_argument("--strength", type=_float_range(0, 2), default=1.0,
-                   help="scales the change, 0-2 (0 = unchanged, 1 = the model's change; default 1)")
+    p.add_argument("--strength", type=_float_range(0, 2), default=None,
+                   help="scales the change, 0-2 (0 = unchanged, 1 = the model's change; default: the model's "
+                        "strength for the emotion, from its card)")
     p.add_argument("--detect-every", type=_POSITIVE, default=3, metavar="K", help="run the face detector every K frames, track in between")
     p.add_argument("--detect-size", type=_detect_size, default=480, metavar="PX",
                    help="YuNet sees a copy of the frame at most PX pixels on its longer side (default 480; smaller is "

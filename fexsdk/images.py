@@ -51,7 +51,12 @@ def to_gray(image) -> np.ndarray:
 
 #: Image file name endings that ``fex apply`` picks up in a folder (what OpenCV reads).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".png", ".bmp", ".dib", ".tif", ".tiff", ".webp", ".jp2",
-                  ".pbm", ".pgm", ".ppm", ".pnm", ".sr", ".ras", ".exr", ".hdr", ".pic")
+                  ".pbm", ".pgm", ".ppm", ".pnm", ".sr", ".ras", ".exr", ".hdr", ".pic", ".gif")
+#: Larger images are refused (from the file's header where it can be read, before decoding): the same
+#: limit as :data:`fexsdk.transfer.MAX_PIXELS`.
+MAX_PIXELS = 100_000_000
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 class TruncatedImageWarning(UserWarning):
@@ -99,6 +104,36 @@ def _jpeg_segments(data: bytes):
         if marker == 0xDA:  # start of scan: entropy-coded data follows
             return
         pos += 2 + length
+
+
+def image_dimensions(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG, JPEG, GIF or BMP header without decoding; None when not found.
+
+    Only the first bytes are needed, so a huge image is refused before it takes memory and time.
+    """
+    if data.startswith(PNG_MAGIC) and len(data) >= 24 and data[12:16] == b"IHDR":
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data.startswith(JPEG_MAGIC):
+        for marker, start, end in _jpeg_segments(data):
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
+                if start + 5 > len(data):
+                    return None
+                return int.from_bytes(data[start + 3 : start + 5], "big"), int.from_bytes(data[start + 1 : start + 3], "big")
+            if end < start:  # a length below 2: not a JPEG header
+                return None
+        return None
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        return int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
+    if data[:2] == b"BM" and len(data) >= 26:
+        return abs(int.from_bytes(data[18:22], "little", signed=True)), abs(int.from_bytes(data[22:26], "little", signed=True))
+    return None
+
+
+def check_pixels(dims: tuple[int, int] | None, source: object, max_pixels: int = MAX_PIXELS) -> None:
+    """ValueError when ``dims`` (width, height) exceed ``max_pixels``; None (unknown) passes."""
+    if dims is not None and dims[0] * dims[1] > max_pixels:
+        raise ValueError(f"{source} is {dims[0]}x{dims[1]}, {dims[0] * dims[1]:,} pixels; the limit is "
+                         f"{max_pixels:,} (resize it first)")
 
 
 def exif_orientation(data: bytes) -> int:
@@ -173,7 +208,7 @@ def truncation(data: bytes) -> str | None:
     return None
 
 
-def read_image(path, truncated: str = "warn") -> np.ndarray:
+def read_image(path, truncated: str = "warn", max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read an image file as stored (any bit depth; gray, BGR or BGRA, alpha kept) and upright.
 
     OpenCV's ``IMREAD_UNCHANGED`` keeps alpha and 16-bit samples but ignores the EXIF
@@ -181,7 +216,8 @@ def read_image(path, truncated: str = "warn") -> np.ndarray:
     that ends early decodes with a grey lower part: ``truncated="warn"`` (default) warns
     with :class:`TruncatedImageWarning` and returns it, ``"error"`` raises ``ValueError``,
     ``"ignore"`` returns it silently. Raises ``FileNotFoundError`` or ``ValueError``
-    (a folder, or a file OpenCV cannot read).
+    (a folder, a device or FIFO, a file OpenCV cannot read, an animation of several frames, or
+    an image over ``max_pixels``, refused from its header before decoding where the format allows).
     """
     import warnings
     from pathlib import Path
@@ -191,10 +227,9 @@ def read_image(path, truncated: str = "warn") -> np.ndarray:
     if truncated not in ("warn", "error", "ignore"):
         raise ValueError(f"truncated must be 'warn', 'error' or 'ignore', got {truncated!r}")
     path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder, not an image file")
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
+    check_image_file(path)
+    with open(path, "rb") as f:  # the header first: a huge image is refused before it is read or decoded
+        check_pixels(image_dimensions(f.read(64 * 1024)), path, max_pixels)
     data = path.read_bytes()
     why = truncation(data)
     if why is not None and truncated != "ignore":
@@ -202,11 +237,40 @@ def read_image(path, truncated: str = "warn") -> np.ndarray:
         if truncated == "error":
             raise ValueError(message)
         warnings.warn(message, TruncatedImageWarning, stacklevel=2)
-    # imread, not imdecode: for a truncated JPEG imdecode gives None where imread gives the grey-bottomed image.
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    try:
+        frames = cv2.imcount(str(path))
+        # imread, not imdecode: for a truncated JPEG imdecode gives None where imread gives the grey-bottomed image.
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:  # e.g. a codec built in but disabled (OpenEXR)
+        raise ValueError(f"{path} is not an image OpenCV can read here ({str(exc).strip().splitlines()[-1]})") from None
     if image is None:
         raise ValueError(f"{path} is not an image OpenCV can read")
+    if frames > 1:  # an animated GIF or a multi-page TIFF: only its first image would be changed
+        raise ValueError(f"{path} holds {frames} images (an animation or pages); fexsdk changes one still image "
+                         "per file: save the frames as separate images (or a video for fex demo)")
+    check_pixels((image.shape[1], image.shape[0]), path, max_pixels)
     return apply_orientation(image, exif_orientation(data))
+
+
+def check_image_file(path) -> None:
+    """FileNotFoundError or ValueError unless ``path`` is a regular file: a folder, a device such as
+    /dev/zero or a FIFO would otherwise be read forever or reported as missing."""
+    import stat
+    from pathlib import Path
+
+    path = Path(path)
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {path}") from None
+    except OSError as exc:
+        raise ValueError(f"{path} cannot be read: {exc.strerror}") from None
+    if stat.S_ISDIR(mode):
+        raise ValueError(f"{path} is a folder, not an image file")
+    if not stat.S_ISREG(mode):
+        kind = "a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) \
+            else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
+        raise ValueError(f"{path} is {kind}, not an image file; give an image file (.jpg, .png, ...)")
 
 
 def expand_inputs(specs) -> list:
@@ -240,19 +304,31 @@ def expand_inputs(specs) -> list:
     return out
 
 
+def can_write(suffix: str) -> bool:
+    """Whether OpenCV writes images with this suffix here. A codec can be built in but disabled
+    (OpenEXR without OPENCV_IO_ENABLE_OPENEXR), which haveImageWriter does not see: a tiny image is
+    encoded too, so the refusal comes before any work rather than as a traceback after it."""
+    import cv2
+
+    if not suffix:
+        return False
+    try:
+        return cv2.haveImageWriter("x" + suffix) and bool(cv2.imencode(suffix, np.zeros((2, 2, 3), np.uint8))[0])
+    except cv2.error:
+        return False
+
+
 def output_names(inputs, folder) -> list:
     """One output path in ``folder`` per input: its file name, with ``-2``, ``-3``... added where two
     inputs share a name. A suffix OpenCV cannot write becomes ``.png``."""
     from pathlib import Path
-
-    import cv2
 
     folder = Path(folder)
     used: set[str] = set()
     out = []
     for src in inputs:
         src = Path(src)
-        suffix = src.suffix if cv2.haveImageWriter("x" + src.suffix) else ".png"
+        suffix = src.suffix if can_write(src.suffix) else ".png"
         name, k = src.stem + suffix, 1
         while name.lower() in used:
             k += 1

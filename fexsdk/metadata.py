@@ -132,6 +132,9 @@ class ModelMetadata:
     generator_config: dict[str, Any] = field(default_factory=dict)
     #: Filled for TensorRT engines only.
     engine: dict[str, Any] = field(default_factory=dict)
+    #: The strength each target emotion is applied with when the caller gives none (missing: 1.0), chosen
+    #: on the real-photo benchmark (benchmarks/believable.py) where full strength reads as exaggerated.
+    default_strength: dict[str, float] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -213,8 +216,19 @@ class ModelMetadata:
             raise ValueError(f"model has dropout sites but dropout_p={self.dropout_p}")
         if "output" not in self.outputs or not set(self.outputs) <= set(ALL_OUTPUTS):
             raise ValueError(f"model outputs {self.outputs} must include 'output' and be among {ALL_OUTPUTS}")
+        bad = {k: v for k, v in self.default_strength.items()
+               if k not in EMOTIONS or isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 2}
+        if bad:
+            raise ValueError(f"model default_strength {bad} must map emotions {list(EMOTIONS)} to numbers in [0, 2]")
         if self.is_warp and set(self.outputs) != set(ALL_OUTPUTS):
             raise ValueError(f"a warp model needs outputs {ALL_OUTPUTS}, the file lists {self.outputs}")
+
+    def strength_for(self, emotion_vectors: np.ndarray) -> np.ndarray:
+        """(N,) default strengths of (N, 7) target vectors: each emotion's :attr:`default_strength`, weighted by intensity."""
+        table = np.array([self.default_strength.get(e, 1.0) for e in self.emotions], np.float32)
+        w = np.abs(np.asarray(emotion_vectors, np.float32))
+        total = w.sum(axis=1)
+        return np.where(total > 0, (w @ table) / np.maximum(total, 1e-12), 1.0).astype(np.float32)
 
     @property
     def is_warp(self) -> bool:
@@ -256,13 +270,17 @@ def read_metadata(path: str | os.PathLike) -> ModelMetadata:
 def read_onnx_metadata(path) -> ModelMetadata:
     """Metadata of an fexsdk ONNX file, read with the onnx package when present, else onnxruntime (no torch)."""
     try:
-        import onnx
+        try:
+            import onnx
 
-        props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    except ImportError:
-        import onnxruntime as ort
+            props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        except ImportError:
+            import onnxruntime as ort
 
-        props = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+            props = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    except Exception as exc:  # protobuf's DecodeError, onnxruntime's own errors: never a traceback
+        raise ValueError(f"{path} is not a readable ONNX model ({type(exc).__name__}): the file is truncated, "
+                         "damaged or not ONNX") from None
     return from_props(props, path)
 
 

@@ -36,6 +36,7 @@ import copy
 import io
 import json
 import queue
+import re
 import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -47,10 +48,10 @@ from typing import Any, Optional
 import numpy as np
 
 from fexsdk._extras import require
+# Image formats accepted and answered, by their first bytes. The header reader is shared with `fex apply`
+# (fexsdk.images), so a huge image is refused before decoding in both.
+from fexsdk.images import JPEG_MAGIC, PNG_MAGIC, image_dimensions  # noqa: F401  (image_dimensions re-exported)
 
-#: Image formats accepted and answered, by their first bytes.
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-JPEG_MAGIC = b"\xff\xd8\xff"
 NPY_MAGIC = b"\x93NUMPY"
 DEFAULT_PORT = 8000
 APP_NAME = "fexsdk"
@@ -159,33 +160,6 @@ def parse_multipart(body: bytes, content_type: str) -> dict[str, bytes]:
     return fields
 
 
-def image_dimensions(data: bytes) -> Optional[tuple[int, int]]:
-    """(width, height) read from a PNG or JPEG header without decoding it; None when not found."""
-    if data.startswith(PNG_MAGIC) and len(data) >= 24 and data[12:16] == b"IHDR":
-        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    if data.startswith(JPEG_MAGIC):
-        i = 2
-        while i + 4 <= len(data):
-            if data[i] != 0xFF:
-                return None
-            marker = data[i + 1]
-            if marker == 0xFF:  # fill byte
-                i += 1
-                continue
-            if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
-                i += 2
-                continue
-            length = int.from_bytes(data[i + 2 : i + 4], "big")
-            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # start of frame
-                if i + 9 > len(data):
-                    return None
-                return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
-            if length < 2:
-                return None
-            i += 2 + length
-    return None
-
-
 def image_format(data: bytes) -> str:
     """'png' or 'jpeg' from the first bytes; HTTPError 415 otherwise."""
     if data.startswith(PNG_MAGIC):
@@ -281,9 +255,9 @@ def _parse_seed(text: Optional[str]) -> Optional[int]:
     return seed
 
 
-def _parse_strength(text: Optional[str]) -> float:
+def _parse_strength(text: Optional[str]) -> Optional[float]:
     if text is None or str(text).strip() == "":
-        return 1.0
+        return None  # the model's default strength for the emotion
     try:
         value = float(str(text).strip())
     except ValueError:
@@ -694,6 +668,40 @@ def make_app(args: Optional[Mapping[str, Any]] = None, *, num_replicas: Optional
     return serve.deployment(FexService).options(**options).bind(asdict(opts))
 
 
+def check_port_free(host: str, port: int) -> None:
+    """ValueError when something already listens on ``host:port``. Ray's proxy binds with SO_REUSEPORT, so a
+    second ``fex serve`` on the port would start too and the two would split the requests between them."""
+    import errno
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a recently closed server's TIME_WAIT is fine
+        try:
+            sock.bind((host, int(port)))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ValueError(f"port {port} on {host} is already in use (another fex serve, or another "
+                                 "server): stop it or pick another --port") from None
+            raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
+def deploy_failure_reason(serve) -> str:
+    """Why the fexsdk application failed to deploy, from Ray Serve's status ('' when it does not say)."""
+    try:
+        app = serve.status().applications.get(APP_NAME)
+    except Exception:  # the controller may already be gone
+        return ""
+    if app is None:
+        return ""
+    messages = [d.message for d in app.deployments.values() if getattr(d, "message", "")]
+    text = "\n".join(messages) or getattr(app, "message", "")
+    # The replica's traceback ends with the exception the constructor raised: that line is the reason.
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b", line)]
+    return errors[-1] if errors else (lines[-1] if lines else "")
+
+
 def run_local(args: Mapping[str, Any], *, replicas: int = 1, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
               num_cpus: Optional[int] = None, blocking: bool = True) -> str:
     """Start Ray locally, deploy the app and return its URL (``fex serve``); with ``blocking`` wait for Ctrl-C."""
@@ -702,8 +710,13 @@ def run_local(args: Mapping[str, Any], *, replicas: int = 1, host: str = "127.0.
     opts = ServeOptions.from_args(args)
     if opts.model and not Path(opts.model).is_file():
         raise FileNotFoundError(f"model file not found: {opts.model}")
+    if opts.model:
+        from fexsdk.metadata import read_metadata
+
+        read_metadata(opts.model)  # a truncated or foreign file says why now, not after a 15 s failed deploy
     if replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
+    check_port_free(host, port)
     if not ray.is_initialized():
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     gpus = float(ray.cluster_resources().get("GPU", 0))
@@ -718,8 +731,14 @@ def run_local(args: Mapping[str, Any], *, replicas: int = 1, host: str = "127.0.
     else:
         actor_options = {"num_cpus": 0}
     serve.start(http_options={"host": host, "port": int(port)})
-    serve.run(make_app(asdict(opts), num_replicas=replicas, ray_actor_options=actor_options),
-              name=APP_NAME, route_prefix="/", blocking=False)
+    try:
+        serve.run(make_app(asdict(opts), num_replicas=replicas, ray_actor_options=actor_options),
+                  name=APP_NAME, route_prefix="/", blocking=False)
+    except RuntimeError as exc:  # "Deploying application fexsdk failed": the reason is in the app's status
+        reason = deploy_failure_reason(serve) or str(exc)
+        serve.shutdown()
+        ray.shutdown()
+        raise RuntimeError(f"the service did not start: {reason}") from None
     url = f"http://{host}:{port}"
     if blocking:
         import signal

@@ -351,11 +351,25 @@ def _integer_array(values: np.ndarray, what: str, path: Path) -> np.ndarray:
     raise ValueError(f"{path}: {what} must be integers, got dtype {values.dtype}")
 
 
+_NPZ_WANTED = "fexsdk reads an .npz written by np.savez with uint8 images, integer labels and optionally usage"
+
+
+def _npz_array(archive, key: str, path: Path) -> np.ndarray:
+    """One array of the archive; object (pickled) arrays are refused, never unpickled."""
+    try:
+        return np.asarray(archive[key])
+    except Exception as exc:  # object arrays (pickles), damaged members
+        raise ValueError(f"{path}: array {key!r} cannot be read ({type(exc).__name__}: pickled objects or damaged "
+                         f"data); {_NPZ_WANTED}") from None
+
+
 def _load_npz(path: Path, split: str, image_size: int, channels: int) -> FaceDataset:
     try:
         archive = np.load(path, allow_pickle=False)
     except Exception as exc:  # zipfile.BadZipFile, OSError, ValueError: all mean "not a readable npz"
-        raise ValueError(f"cannot read {path} as an .npz archive: {exc}") from exc
+        # numpy's own text would advise loading the file unsafely (allow_pickle): not said here, on purpose.
+        raise ValueError(f"cannot read {path} as an .npz archive ({type(exc).__name__}: damaged, truncated or "
+                         f"another format); {_NPZ_WANTED}") from None
     with archive:
         keys = set(archive.files)
         for key in ("images", "labels"):
@@ -364,7 +378,7 @@ def _load_npz(path: Path, split: str, image_size: int, channels: int) -> FaceDat
                     f"{path} has no {key!r} array (found keys: {', '.join(sorted(keys)) or 'none'}); "
                     f"expected images, labels and optionally usage"
                 )
-        labels = _integer_array(np.asarray(archive["labels"]).reshape(-1), "labels", path)
+        labels = _integer_array(_npz_array(archive, "labels", path).reshape(-1), "labels", path)
         if labels.size:
             bad = np.flatnonzero((labels < 0) | (labels >= NUM_EMOTIONS))
             if bad.size:
@@ -373,7 +387,7 @@ def _load_npz(path: Path, split: str, image_size: int, channels: int) -> FaceDat
                     f"({bad.size} labels out of range)"
                 )
         if "usage" in keys:
-            usage = _usage_codes(np.asarray(archive["usage"]).reshape(-1), path)
+            usage = _usage_codes(_npz_array(archive, "usage", path).reshape(-1), path)
             if usage.shape != labels.shape:
                 raise ValueError(f"{path}: {usage.size} usage values but {labels.size} labels")
             bad = np.flatnonzero((usage < 0) | (usage > 2))
@@ -390,7 +404,7 @@ def _load_npz(path: Path, split: str, image_size: int, channels: int) -> FaceDat
         # Checked before decompressing the images, so an empty split fails fast.
         if mask is not None and not mask.any():
             raise _empty_split(split, path, np.unique(usage).tolist())
-        images = np.asarray(archive["images"])
+        images = _npz_array(archive, "images", path)
     if images.ndim == 4 and images.shape[3] == 1:
         images = images[..., 0]
     if not (images.ndim == 3 or (images.ndim == 4 and images.shape[3] == 3)):

@@ -110,11 +110,21 @@ def generated(backend, x: np.ndarray, emotions: np.ndarray, seed: int, batch: in
 def evaluate(data: FaceDataset, classifier: ResNet18, generator: Optional[str] = None, seeds=(0, 1, 2),
              name: Optional[str] = None, classifier_name: str = "", progress: bool = True,
              device: str = "auto", batch: int = 256) -> EvalResult:
-    """Score the real images and, with ``generator`` (.pt checkpoint or .onnx), its 7 versions of each.
+    """Score the real images and, with ``generator`` (.pt checkpoint, .onnx, or a bundled model's name
+    such as ``"warp"``), its 7 versions of each.
 
     ``device``: where the classifier and a .pt generator run ("auto": CUDA when available).
     """
     from tqdm import tqdm
+
+    from fexsdk.transfer import resolve_model
+
+    model_path = None
+    if generator is not None:
+        # A bundled name ("default", "warp") is a model too, as everywhere else in fex; its row is named by it.
+        model_path = resolve_model(str(generator))
+        if name is None and str(model_path) != str(generator):
+            name = str(generator)
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -133,7 +143,7 @@ def evaluate(data: FaceDataset, classifier: ResNet18, generator: Optional[str] =
                         per_class_accuracy(labels, real_preds), confusion(labels, real_preds).tolist())
     if generator is None:
         return result
-    backend = load_backend(generator, device=device)
+    backend = load_backend(model_path, device=device)
     meta = backend.meta
     if not meta.noise_sites:  # no test-time dropout: every seed gives the same images
         seeds = list(seeds)[:1]
