@@ -15,7 +15,8 @@ import numpy as np
 
 from fexsdk.backends import Backend, check_threads, load_backend
 from fexsdk.crops import CropBox, crop_box_for, extract_crops
-from fexsdk.emotions import Target, check_target, target_matrix
+from fexsdk.emotions import EMOTIONS, Target, check_target, target_matrix
+from fexsdk.exposure import fit_exposure
 from fexsdk.faces import Face, FaceDetector, make_detector
 from fexsdk.images import check_image, read_image
 from fexsdk.noise import draw_noise, noise_for
@@ -82,6 +83,8 @@ class FaceRecord:
     output: Optional[np.ndarray] = None
     #: A warp-head model's other outputs by name: flow (2, s, s), residual (C, s, s), mask (1, s, s).
     parts: dict[str, np.ndarray] = field(default_factory=dict)
+    #: (7,) the target's emotion intensities (``generate``): picks the model's default strength in ``paste``.
+    target: Optional[np.ndarray] = None
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -201,11 +204,14 @@ class Transfer:
         align: turn each face's crop so its eyes are level (FER2013's faces are upright), and the change
             back on paste. Needs the detector's eye landmarks (YuNet's; Haar and plain boxes give none, and
             are not turned); tilts under ``fexsdk.crops.MIN_ALIGN_ANGLE`` (2 degrees) are left alone.
+        exposure: feed the generator dim or low-contrast faces brought into its training data's range, and
+            scale their change back to the face's own contrast (:mod:`fexsdk.exposure`), so a dark face never
+            gets a pale mask. Faces already in range are unaffected.
     """
 
     def __init__(self, model: Union[str, os.PathLike, None] = None, device: str = "auto",
                  detector: Union[str, os.PathLike, FaceDetector, None] = None, blend: str = "residual",
-                 threads: Optional[int] = None, smooth: bool = True, align: bool = True) -> None:
+                 threads: Optional[int] = None, smooth: bool = True, align: bool = True, exposure: bool = True) -> None:
         if blend not in BLEND_MODES:
             raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
         if not isinstance(align, (bool, np.bool_)):
@@ -231,6 +237,9 @@ class Transfer:
         self.blend = blend
         self.smooth = smooth
         self.align = bool(align)
+        if not isinstance(exposure, (bool, np.bool_)):
+            raise ValueError(f"exposure must be True (fit dim faces to the training data's range) or False, got {exposure!r}")
+        self.exposure = bool(exposure)
 
     @property
     def detector(self) -> FaceDetector:
@@ -347,28 +356,52 @@ class Transfer:
         if records:
             t0 = time.perf_counter()
             x = np.stack([r.crop for r in records])
-            outs = self.run_outputs(x, target, seed, dropout, domain, [r.face_id for r in records])
+            if self.exposure:  # the generator sees the face at its training data's exposure ...
+                m = self.meta
+                pixels = (x + np.float32(m.pixel_offset)) * np.float32(m.pixel_scale)
+                fit = fit_exposure(pixels)
+                fed = m.to_model(np.clip(fit.apply(pixels), 0, 255))
+            else:
+                fit, fed = None, x
+            outs = self.run_outputs(fed, target, seed, dropout, domain, [r.face_id for r in records])
+            if fit is not None:  # ... and its change comes back at the face's own contrast
+                outs = dict(outs, output=x + fit.change_back(outs["output"] - fed))
+                if "residual" in outs:
+                    outs["residual"] = fit.change_back(outs["residual"])
+            vectors = target_matrix(target, len(records))
             for i, r in enumerate(records):
                 r.output = outs["output"][i]
                 r.parts = {k: v[i] for k, v in outs.items() if k != "output"}
+                r.target = vectors[i]
             _share(records, "generate", time.perf_counter() - t0)
         return list(records)
 
-    def paste(self, image, records: Sequence[FaceRecord], strength: float = 1.0) -> np.ndarray:
+    def paste(self, image, records: Sequence[FaceRecord], strength: Optional[float] = None) -> np.ndarray:
         """Stage 5: the change put back into a copy of the full-resolution image. Warp-head models move
         the face's own pixels by the upsampled flow (:func:`fexsdk.warp_paste.paste_warp`) with the
-        ``residual`` blend; everything else goes through :func:`fexsdk.paste.paste_back`."""
+        ``residual`` blend; everything else goes through :func:`fexsdk.paste.paste_back`.
+
+        ``strength`` None: each face's change is scaled by its target's default strength
+        (``ModelMetadata.default_strength``, weighted by intensity; the records' ``target``)."""
         image = load_image(image)
         if not records:
             return image.copy()
         t0 = time.perf_counter()
         boxes = [r.box for r in records]
+        if strength is None:
+            none = np.zeros(len(self.meta.emotions), np.float32)  # a record not from generate_faces: strength 1
+            k = self.meta.strength_for(np.stack([none if r.target is None else r.target for r in records]))
+            strength = 1.0
+        else:
+            k = np.ones(len(records), np.float32)
+        k4 = k[:, None, None, None]
+        crops, outputs = np.stack([r.crop for r in records]), np.stack([r.output for r in records])
         if self.meta.is_warp and self.blend == "residual":
-            out = paste_warp(image, boxes, np.stack([r.parts["flow"] for r in records]),
-                             np.stack([r.parts["residual"] for r in records]), strength=strength,
+            out = paste_warp(image, boxes, k4 * np.stack([r.parts["flow"] for r in records]),
+                             k4 * np.stack([r.parts["residual"] for r in records]), strength=strength,
                              scale=self.meta.pixel_scale)
         else:
-            out = paste_back(image, boxes, np.stack([r.crop for r in records]), np.stack([r.output for r in records]),
+            out = paste_back(image, boxes, crops, crops + k4 * (outputs - crops),
                              strength=strength, blend=self.blend, smooth=self.smooth,
                              scale=self.meta.pixel_scale, offset=self.meta.pixel_offset)
         _share(records, "paste", time.perf_counter() - t0)
@@ -387,6 +420,8 @@ class Transfer:
         """Argument checks done before any work (detection included)."""
         check_target(target)
         self._check_seed_arg(seed)
+        if strength is None:  # the model's default strength per emotion
+            return
         if isinstance(strength, (bool, np.bool_)) or not isinstance(strength, (int, float, np.integer, np.floating)):
             raise ValueError(f"strength must be a number, got {strength!r}")
         if not np.isfinite(strength) or not 0 <= strength <= MAX_STRENGTH:
@@ -394,7 +429,7 @@ class Transfer:
                              f"change, {MAX_STRENGTH:g} = twice it), got {strength}")
 
     def process(self, image, target: Union[Target, Sequence[Target]], *, faces: Optional[Sequence[FaceSpec]] = None,
-                seed: Seeds = None, strength: float = 1.0, dropout: bool = True) -> TransferResult:
+                seed: Seeds = None, strength: Optional[float] = None, dropout: bool = True) -> TransferResult:
         """Like :meth:`apply`, returning a :class:`TransferResult` with the face records and stage timings."""
         image = load_image(image)
         self._check_call(target, seed, strength)
@@ -416,7 +451,7 @@ class Transfer:
                               np.stack([r.crop for r in records]), np.stack([r.output for r in records]), records, timings)
 
     def apply(self, image, target: Union[Target, Sequence[Target]], *, faces: Optional[Sequence[FaceSpec]] = None,
-              seed: Seeds = None, strength: float = 1.0, dropout: bool = True, return_faces: bool = False):
+              seed: Seeds = None, strength: Optional[float] = None, dropout: bool = True, return_faces: bool = False):
         """Change the expression of every face in ``image``; returns a new image of the same shape and dtype.
 
         Args:
@@ -428,7 +463,9 @@ class Transfer:
             seed: fixes the test-time dropout noise (same seed, same output): an int gives face i the
                 stream (seed, i) (:func:`fexsdk.noise.noise_for`, as ``fex demo`` and ``fex eval`` do), a list
                 gives face i the noise of face 0 under its own seed; None draws new noise each call.
-            strength: scales the change, in [0, 2] (0 = unchanged, 1 = the model's change).
+            strength: scales the change, in [0, 2] (0 = unchanged, 1 = the model's change). None (the default):
+                each target emotion's strength from the model's metadata (``default_strength``; 1 where it
+                names none), chosen where the edit is believable on real photos.
             dropout: False switches the test-time dropout off (the deterministic, eval-mode model).
             return_faces: also return the list of faces found.
 

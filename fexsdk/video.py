@@ -192,7 +192,8 @@ class DemoConfig:
     align: bool = True  # turn tilted faces upright where the faces carry eye landmarks (Transfer(align=))
     emotion: Union[str, int] = "happy"
     seed: Optional[int] = 0
-    strength: float = 1.0
+    #: None: the model's default strength for the target emotion (ModelMetadata.default_strength).
+    strength: Optional[float] = None
     detect_every: int = 3
     detect_size: Optional[int] = 480
     detect_thread: bool = True
@@ -238,9 +239,10 @@ class DemoConfig:
         if self.max_frames is not None and (isinstance(self.max_frames, bool) or not isinstance(self.max_frames, int)
                                             or self.max_frames < 1):
             raise ValueError(f"max_frames must be an integer >= 1 (or None for no limit), got {self.max_frames!r}")
-        if isinstance(self.strength, bool) or not (isinstance(self.strength, (int, float))
-                                                   and math.isfinite(self.strength) and 0 <= self.strength <= MAX_STRENGTH):
-            raise ValueError(f"strength must be a number in [0, {MAX_STRENGTH:g}], got {self.strength!r}")
+        k = self.strength
+        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k)
+                              or not 0 <= k <= MAX_STRENGTH):
+            raise ValueError(f"strength must be a number in [0, {MAX_STRENGTH:g}] or None (the model's default), got {k!r}")
         if not 0.0 <= self.smoothing < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
         if not 0.0 <= self.velocity <= 1.0:
