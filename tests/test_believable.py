@@ -1,0 +1,61 @@
+"""benchmarks/believable.py on two small real colour photos (scikit-image's astronaut, matplotlib's Grace Hopper)."""
+
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+skimage_data = pytest.importorskip("skimage.data")
+cbook = pytest.importorskip("matplotlib.cbook")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import believable  # noqa: E402
+
+CLASSIFIER = Path(__file__).resolve().parents[1] / "training" / "weights" / "resnet18_fer2013.safetensors"
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    astronaut = cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)
+    hopper = cv2.imread(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
+    cv2.imwrite(str(folder / "astronaut.jpg"), cv2.resize(astronaut, (256, 256), interpolation=cv2.INTER_AREA))
+    cv2.imwrite(str(folder / "hopper.jpg"), cv2.resize(hopper, (192, 240), interpolation=cv2.INTER_AREA))
+    return folder
+
+
+def test_geometry_of_a_pure_similarity_is_zero_and_an_opened_mouth_is_seen():
+    rng = np.random.default_rng(0)
+    pts = rng.uniform(0, 100, (68, 2)).astype(np.float32)
+    pts[36:42] = [30, 40]
+    pts[42:48] = [70, 40]
+    turned = (pts - 50) @ np.array([[0.96, -0.28], [0.28, 0.96]], np.float32).T * 1.3 + 80
+    assert believable.geometry(pts, turned)["still_move"] == pytest.approx(0.0, abs=1e-3)
+    opened = pts.copy()
+    opened[[65, 66, 67], 1] += 8.0  # the lower inner lip drops by a fifth of the eye distance
+    g = believable.geometry(pts, opened)
+    assert g["lip_gap"] == pytest.approx(20.0, abs=0.5)
+    assert g["still_move"] < 0.5
+
+
+def test_the_benchmark_measures_real_edits_and_zero_for_none(photos, tmp_path):
+    pytest.importorskip("dlib", reason="identity and geometry need the bench extra (dlib-bin)")
+    out = tmp_path / "res.json"
+    assert believable.main(["warp", "--photos", str(photos), "--classifier", str(CLASSIFIER), "--no-dim",
+                            "--sheets", str(tmp_path), "--json", str(out), "--strength", "1"]) == 0
+    res = json.loads(out.read_text())["warp"]
+    s = res["summary"]
+    assert s["n"] == 2 * 7 and 0 <= s["recognised"] <= 100
+    assert s["identity"] > 0.05 and s["still_move"] > 0.3 and s["shading"] > 0.5  # the edit is seen
+    sheet = cv2.imread(str(tmp_path / "warp-s1.jpg"))
+    assert sheet.shape[1] == 8 * 128 and sheet.shape[0] >= 2 * 128
+    # Strength 0 writes the photo unchanged: no identity change, no movement, no shading.
+    assert believable.main(["warp", "--photos", str(photos), "--classifier", str(CLASSIFIER), "--no-dim",
+                            "--json", str(out), "--strength", "0"]) == 0
+    s0 = json.loads(out.read_text())["warp"]["summary"]
+    assert s0["identity"] == pytest.approx(0.0, abs=1e-6) and s0["same_person"] == 100.0
+    assert s0["still_move"] == pytest.approx(0.0, abs=1e-3) and s0["shading"] == 0.0
