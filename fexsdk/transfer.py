@@ -49,6 +49,8 @@ def resolve_model(model: Union[str, os.PathLike, None]) -> Union[str, os.PathLik
                              "(or give a model file: .onnx, .engine, .pt)")
         return BUNDLED_DIR / f"{model}.onnx"
     return model
+#: Crops per generator call in :meth:`Transfer.generate` (memory stays bounded for any number of crops).
+GENERATE_CHUNK = 256
 #: Larger images are refused rather than risking an out-of-memory crash.
 MAX_PIXELS = 100_000_000
 #: A face box given with ``faces=`` may be at most this many times the image's longer side.
@@ -293,6 +295,22 @@ class Transfer:
                              f"residual, but the backend {type(self.backend).__name__} returns the image only (no run_outputs)")
         return self.backend.run_outputs(x, labels, noise)
 
+    def run_fitted(self, x: np.ndarray, targets, seed: Seeds = None, dropout: bool = True, domain: int = 0,
+                   face_ids: Optional[Sequence[int]] = None) -> dict[str, np.ndarray]:
+        """:meth:`run_outputs` through the exposure fit (when :attr:`exposure` is on): the generator sees each
+        face at its training data's brightness and contrast, and its change comes back at the face's own."""
+        if not self.exposure or len(x) == 0:
+            return self.run_outputs(x, targets, seed, dropout, domain, face_ids)
+        m = self.meta
+        pixels = (x + np.float32(m.pixel_offset)) * np.float32(m.pixel_scale)
+        fit = fit_exposure(pixels)
+        fed = m.to_model(np.clip(fit.apply(pixels), 0, 255))
+        outs = dict(self.run_outputs(fed, targets, seed, dropout, domain, face_ids))
+        outs["output"] = x + fit.change_back(outs["output"] - fed)
+        if "residual" in outs:
+            outs["residual"] = fit.change_back(outs["residual"])
+        return outs
+
     def run_model(self, x: np.ndarray, targets, seed: Seeds = None, dropout: bool = True, domain: int = 0,
                   face_ids: Optional[Sequence[int]] = None) -> np.ndarray:
         """(N, C, s, s) float32 in the model's space -> the generator's image output, same shape."""
@@ -314,7 +332,27 @@ class Transfer:
         if x.ndim != 4 or x.shape[1:] != (m.channels, m.image_size, m.image_size):
             want = f"(N, {m.image_size}, {m.image_size}) or " if m.channels == 1 else ""
             raise ValueError(f"crops must have shape {want}(N, {m.channels}, {m.image_size}, {m.image_size}), got {crops.shape}")
-        out = m.to_pixels(self.run_model(m.to_model(x), targets, seed, dropout))
+        n = x.shape[0]
+        check_target(targets)
+        self._check_seed_arg(seed)
+        target_matrix(targets, n)  # refuses a list of the wrong length before any work
+        per_crop = None if isinstance(targets, (str, int, np.integer, Mapping)) else list(targets)
+        if isinstance(seed, np.random.SeedSequence):  # spawns per call: one call, one batch
+            out = m.to_pixels(self.run_fitted(m.to_model(x), targets, seed, dropout)["output"])
+            return out[:, 0] if squeeze else out
+        seeds = seed if seed is None or isinstance(seed, (int, np.integer)) else list(seed)
+        if isinstance(seeds, list) and len(seeds) != n:
+            raise ValueError(f"got {len(seeds)} seeds for {n} crops; give one seed, or exactly one per crop")
+        out = np.empty_like(x)
+        # Bounded chunks: memory stays flat for any N (the graph's activations are ~3 MB per face), and
+        # each crop keeps its own noise (its index picks its stream), so the result equals one big batch.
+        for start in range(0, n, GENERATE_CHUNK):
+            stop = min(start + GENERATE_CHUNK, n)
+            chunk_seed = seeds[start:stop] if isinstance(seeds, list) else seeds
+            ids = None if isinstance(seeds, list) else range(start, stop)
+            outs = self.run_fitted(m.to_model(x[start:stop]), targets if per_crop is None else per_crop[start:stop],
+                                   chunk_seed, dropout, face_ids=ids)
+            out[start:stop] = m.to_pixels(outs["output"])
         return out[:, 0] if squeeze else out
 
     # -- the stages: detect -> frame -> crop -> generate -> paste ---------------------
@@ -356,18 +394,7 @@ class Transfer:
         if records:
             t0 = time.perf_counter()
             x = np.stack([r.crop for r in records])
-            if self.exposure:  # the generator sees the face at its training data's exposure ...
-                m = self.meta
-                pixels = (x + np.float32(m.pixel_offset)) * np.float32(m.pixel_scale)
-                fit = fit_exposure(pixels)
-                fed = m.to_model(np.clip(fit.apply(pixels), 0, 255))
-            else:
-                fit, fed = None, x
-            outs = self.run_outputs(fed, target, seed, dropout, domain, [r.face_id for r in records])
-            if fit is not None:  # ... and its change comes back at the face's own contrast
-                outs = dict(outs, output=x + fit.change_back(outs["output"] - fed))
-                if "residual" in outs:
-                    outs["residual"] = fit.change_back(outs["residual"])
+            outs = self.run_fitted(x, target, seed, dropout, domain, [r.face_id for r in records])
             vectors = target_matrix(target, len(records))
             for i, r in enumerate(records):
                 r.output = outs["output"][i]
