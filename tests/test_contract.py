@@ -41,7 +41,9 @@ def test_same_seed_same_face_gives_the_same_output_in_apply_demo_and_eval(tiny_o
     faces = _faces(3)
     canvas = np.repeat(np.concatenate(list(faces), axis=1)[..., None], 3, axis=2)  # 48 x 144 BGR, three faces
     boxes = [(48 * i, 0, 48, 48) for i in range(3)]
-    tr = Transfer(tiny_onnx, device="cpu", detector=_Boxes(boxes))
+    # fex eval scores the model itself on FER2013 crops; the runtime's exposure fit (tests/test_exposure.py)
+    # would stretch these synthetic low-contrast faces first, so it is off for this comparison.
+    tr = Transfer(tiny_onnx, device="cpu", detector=_Boxes(boxes), exposure=False)
     assert tr.meta.noise_size > 0, "the test needs a model with test-time dropout"
     seed = 5
 
