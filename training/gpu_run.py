@@ -84,11 +84,11 @@ GPU_RUNS = [
     Run("fex-small-b256", "fex-small", 256),
     Run("fex-small-softwarp", "fex-small-softwarp", 64),
     Run("fex-small-fineflow", "fex-small-fineflow", 64),
-    #: Won the CPU comparison of up-sampling modes under WGAN-GP (docs/training-log.md, "Long CPU runs").
+    #: Won the CPU comparison of up-sampling modes under WGAN-GP (docs/research/training-log.md, "Long CPU runs").
     Run("fex-small-bilinear-wgan", "fex-small-bilinear-wgan", 64),
     #: The same with D's classifier reading augmented images: held-out accuracy 43 -> 70+% on the CPU.
     Run("fex-small-bilinear-wgan-aug", "fex-small-bilinear-wgan-aug", 64),
-    #: The same with D rejecting fakes as their target: clean grids on the CPU (docs/training-log.md, "Against the stripes").
+    #: The same with D rejecting fakes as their target: clean grids on the CPU (docs/research/training-log.md, "Against the stripes").
     Run("fex-small-bilinear-wgan-clean", "fex-small-bilinear-wgan-clean", 64),
     # The last phase of the clean model (issue 12): warm-started from its CPU checkpoint, higher cycle
     # weights to bring the cycle L1 under 0.03, lambda_cls to hold accuracy. EMA beta 0.995: a 4-minute
@@ -99,7 +99,7 @@ GPU_RUNS = [
       for rec, cls in [(10, None), (20, None), (30, None), (20, 2), (20, 4), (40, 4), (30, 5), (40, 5), (50, 5), (60, 6)]],
     # Fine-tuning the bundled model itself (its training checkpoint is not kept): G from the ONNX file,
     # D from the committed D trained against it for 65 CPU minutes (BUNDLED_D), then 1,000 D-only steps
-    # at batch 64 to settle it at the larger batch (docs/training-log.md, "Fine-tuning the shipped model").
+    # at batch 64 to settle it at the larger batch (docs/research/training-log.md, "Fine-tuning the shipped model").
     # rec80-cls8 is the bundled model's own last phase, the control; the others add the mean-face loss.
     *[Run(f"ftb-rec{rec}-cls{cls}" + (f"-mm{mm}" if mm else ""), "fex-small-bilinear-wgan-clean", 64,
           ["--lambda-rec", str(rec), "--lambda-cls", str(cls), "--lambda-change-lap", "24", "--lambda-mean-match",

@@ -210,7 +210,7 @@ def fex_small_bilinear_wgan() -> Preset:
     """fex-small's generator with bilinear resize-conv, trained with the report's WGAN-GP recipe.
 
     At equal wall-clock on 2 CPU cores (105 min) bilinear beat nearest by 6.6 points of
-    generated accuracy with the same realism (docs/training-log.md, "Long CPU runs").
+    generated accuracy with the same realism (docs/research/training-log.md, "Long CPU runs").
     """
     return Preset("fex-small-bilinear-wgan", "fex-small generator with bilinear resize-conv, WGAN-GP (5 D steps per G step), lambda_cls 3",
                   _fex_generator(32, 3, upsample="bilinear"), LossConfig(adversarial="wgan-gp", lambda_cls=3.0), d_conv_dim=32, n_critic=5)
@@ -228,7 +228,7 @@ def fex_small_bilinear_wgan_aug() -> Preset:
 def fex_small_bilinear_wgan_clean() -> Preset:
     """fex-small-bilinear-wgan-aug whose D also rejects fakes as their target, with a blur and a smooth-change penalty.
 
-    Against the stripes and bars the -aug model draws for D's classifier (docs/training-log.md, "Against the stripes").
+    Against the stripes and bars the -aug model draws for D's classifier (docs/research/training-log.md, "Against the stripes").
     """
     loss = LossConfig(adversarial="wgan-gp", lambda_cls=3.0, cls_augment=True, cls_blur=1.5,
                       lambda_change_lap=8.0, lambda_cls_fake=0.5)
