@@ -140,6 +140,12 @@ def check_target(targets) -> None:
         target_vector(t)
 
 
+def per_face_targets(targets: Target | Iterable[Target], count: int) -> list[Target]:
+    """One target per face: a single target repeated, or the list itself (checked: one per face)."""
+    target_matrix(targets, count)
+    return [targets] * count if _is_single(targets) else list(targets)
+
+
 def target_matrix(targets: Target | Iterable[Target], count: int) -> np.ndarray:
     """Label vectors for ``count`` faces: one target for all, or one per face."""
     _check_types(targets)

@@ -15,12 +15,13 @@ import numpy as np
 
 from fexsdk.backends import Backend, check_threads, load_backend
 from fexsdk.crops import CropBox, crop_box_for, extract_crops
-from fexsdk.emotions import EMOTIONS, Target, check_target, target_matrix
+from fexsdk.emotions import Target, check_target, per_face_targets, target_matrix
 from fexsdk.exposure import fit_exposure
 from fexsdk.faces import Face, FaceDetector, make_detector
 from fexsdk.images import check_image, read_image
 from fexsdk.noise import draw_noise, noise_for
 from fexsdk.paste import BLEND_MODES, MAX_STRENGTH, paste_back
+from fexsdk.suitability import unsuitable_reason
 from fexsdk.warp_paste import paste_warp
 
 #: Models that ship inside the package live here, one ``NAME.onnx`` with its card ``NAME.json`` each.
@@ -87,6 +88,8 @@ class FaceRecord:
     parts: dict[str, np.ndarray] = field(default_factory=dict)
     #: (7,) the target's emotion intensities (``generate``): picks the model's default strength in ``paste``.
     target: Optional[np.ndarray] = None
+    #: Why the face was left unchanged: "turned" (too far from frontal) or "blurred" (fexsdk.suitability); None: edited.
+    skipped: Optional[str] = None
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -209,11 +212,15 @@ class Transfer:
         exposure: feed the generator dim or low-contrast faces brought into its training data's range, and
             scale their change back to the face's own contrast (:mod:`fexsdk.exposure`), so a dark face never
             gets a pale mask. Faces already in range are unaffected.
+        skip_unsuitable: leave faces turned too far from frontal or too blurred unchanged (they come out
+            smudged); their records say why (``FaceRecord.skipped``, :mod:`fexsdk.suitability`). Faces given with
+            ``faces=`` are checked too.
     """
 
     def __init__(self, model: Union[str, os.PathLike, None] = None, device: str = "auto",
                  detector: Union[str, os.PathLike, FaceDetector, None] = None, blend: str = "residual",
-                 threads: Optional[int] = None, smooth: bool = True, align: bool = True, exposure: bool = True) -> None:
+                 threads: Optional[int] = None, smooth: bool = True, align: bool = True, exposure: bool = True,
+                 skip_unsuitable: bool = True) -> None:
         if blend not in BLEND_MODES:
             raise ValueError(f"blend must be one of {BLEND_MODES}, got {blend!r}")
         if not isinstance(align, (bool, np.bool_)):
@@ -242,6 +249,9 @@ class Transfer:
         if not isinstance(exposure, (bool, np.bool_)):
             raise ValueError(f"exposure must be True (fit dim faces to the training data's range) or False, got {exposure!r}")
         self.exposure = bool(exposure)
+        if not isinstance(skip_unsuitable, (bool, np.bool_)):
+            raise ValueError(f"skip_unsuitable must be True or False, got {skip_unsuitable!r}")
+        self.skip_unsuitable = bool(skip_unsuitable)
 
     @property
     def detector(self) -> FaceDetector:
@@ -335,8 +345,7 @@ class Transfer:
         n = x.shape[0]
         check_target(targets)
         self._check_seed_arg(seed)
-        target_matrix(targets, n)  # refuses a list of the wrong length before any work
-        per_crop = None if isinstance(targets, (str, int, np.integer, Mapping)) else list(targets)
+        per_crop = per_face_targets(targets, n)  # refuses a list of the wrong length before any work
         if isinstance(seed, np.random.SeedSequence):  # spawns per call: one call, one batch
             out = m.to_pixels(self.run_fitted(m.to_model(x), targets, seed, dropout)["output"])
             return out[:, 0] if squeeze else out
@@ -350,7 +359,7 @@ class Transfer:
             stop = min(start + GENERATE_CHUNK, n)
             chunk_seed = seeds[start:stop] if isinstance(seeds, list) else seeds
             ids = None if isinstance(seeds, list) else range(start, stop)
-            outs = self.run_fitted(m.to_model(x[start:stop]), targets if per_crop is None else per_crop[start:stop],
+            outs = self.run_fitted(m.to_model(x[start:stop]), per_crop[start:stop],
                                    chunk_seed, dropout, face_ids=ids)
             out[start:stop] = m.to_pixels(outs["output"])
         return out[:, 0] if squeeze else out
@@ -386,6 +395,13 @@ class Transfer:
             for r, c in zip(records, x):
                 r.crop = c
             _share(records, "crop", time.perf_counter() - t0)
+        return list(records)
+
+    def mark_unsuitable(self, records: Sequence[FaceRecord]) -> list[FaceRecord]:
+        """After :meth:`crop`: set ``skipped`` on faces too turned or too blurred to edit (when :attr:`skip_unsuitable`)."""
+        m = self.meta
+        for r in records:
+            r.skipped = unsuitable_reason(r.face, (r.crop + m.pixel_offset) * m.pixel_scale) if self.skip_unsuitable else None
         return list(records)
 
     def generate_faces(self, records: Sequence[FaceRecord], target, *, seed: Seeds = None, dropout: bool = True,
@@ -471,8 +487,14 @@ class Transfer:
         for r in records:
             r.timings["detect"] = detect_ms / len(records)
         self.crop(image, records)
-        self.generate_faces(records, target, seed=seed, dropout=dropout)
-        out = self.paste(image, records, strength)
+        targets = per_face_targets(target, len(records))  # one per face, so skipped faces can be left out
+        self.mark_unsuitable(records)
+        edit = [i for i, r in enumerate(records) if r.skipped is None]
+        self.generate_faces([records[i] for i in edit], [targets[i] for i in edit], seed=seed, dropout=dropout)
+        for r in records:
+            if r.skipped is not None:
+                r.output = r.crop
+        out = self.paste(image, [records[i] for i in edit], strength)
         timings = {stage: sum(r.timings.get(stage, 0.0) for r in records) for stage in STAGES}
         return TransferResult(out, [r.face for r in records], [r.box for r in records],
                               np.stack([r.crop for r in records]), np.stack([r.output for r in records]), records, timings)

@@ -515,6 +515,7 @@ class DemoLoop:
             # Transfer's stages, with each track's id picking its noise (fexsdk.noise.noise_for): the
             # same seed gives a face the same noise here as in Transfer.apply and fex eval.
             records = tr.crop(image, tr.frame(image, [t.face() for t in shown], face_ids=[t.id for t in shown]))
+            records = [r for r in tr.mark_unsuitable(records) if r.skipped is None]  # turned or blurred: left alone
             tr.generate_faces(records, self.target, seed=c.seed)
             out = tr.paste(image, records, c.strength)
             for stage in ("crop", "generate", "paste"):  # frame (a few box sums) counts with crop

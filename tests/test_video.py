@@ -471,6 +471,9 @@ def test_a_track_that_drifts_off_the_frame_is_skipped_not_an_error():
         def crop(self, image, records):
             return records
 
+        def mark_unsuitable(self, records):
+            return records
+
         def generate_faces(self, records, target, seed=None):
             return records
 
