@@ -53,7 +53,7 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
 def _run_export_onnx(args: argparse.Namespace) -> int:
     require("torch", "train", "fex export onnx")
     require("onnx", "train", "fex export onnx")
-    from fexsdk.backends import ONNX_SUFFIXES
+    from fexsdk.formats import ONNX_SUFFIXES
     from fexsdk.export.onnx_export import export_onnx
     from fexsdk.export.paths import check_output_file
 
@@ -69,7 +69,7 @@ def _run_export_onnx(args: argparse.Namespace) -> int:
 
 def _run_export_int8(args: argparse.Namespace) -> int:
     require("onnx", "train", "fex export int8")
-    from fexsdk.backends import ONNX_SUFFIXES
+    from fexsdk.formats import ONNX_SUFFIXES
     from fexsdk.export.paths import check_output_file
     from fexsdk.export.quantize import quantize_onnx
     from fexsdk.metadata import read_metadata
@@ -101,7 +101,7 @@ def _run_export_classifier(args: argparse.Namespace) -> int:
 
 def _run_export_engine(args: argparse.Namespace) -> int:
     from fexsdk._trt import BatchProfile
-    from fexsdk.backends import ENGINE_SUFFIXES
+    from fexsdk.formats import ENGINE_SUFFIXES
     from fexsdk.export.paths import check_output_file
     from fexsdk.export.tensorrt_engine import EngineOptions, build_engine
 

@@ -78,7 +78,7 @@ def export_onnx(checkpoint: str | os.PathLike, output: str | os.PathLike, opset:
     """Export a training checkpoint's generator; returns the file and the parity it reached."""
     import onnx
 
-    from fexsdk.backends import ONNX_SUFFIXES
+    from fexsdk.formats import ONNX_SUFFIXES
     from fexsdk.export.paths import check_output_file
 
     output = check_output_file(output, [checkpoint], ONNX_SUFFIXES, "ONNX model", option="output")

@@ -106,7 +106,7 @@ def quantize_onnx(src: str | os.PathLike, dst: str | os.PathLike, calibration_cr
     """
     onnx = require("onnx", "train", "quantizing a model")
     ort_quant = require("onnxruntime.quantization", "train", "quantizing a model")
-    from fexsdk.backends import ONNX_SUFFIXES
+    from fexsdk.formats import ONNX_SUFFIXES
     from fexsdk.export.paths import check_output_file
 
     src = Path(src)

@@ -58,7 +58,7 @@ def current_gpu() -> GpuInfo:
     cudart = cuda_runtime()
     err, count = cudart.cudaGetDeviceCount()
     if int(getattr(err, "value", err)) != 0 or count == 0:
-        raise RuntimeError("TensorRT needs an NVIDIA GPU with a working driver, and none was found; use the .onnx model on the CPU")
+        raise RuntimeError("TensorRT needs an NVIDIA GPU with a working driver, and none was found; use the ONNX model on the CPU")
     props = check_cuda(cudart.cudaGetDeviceProperties(0))
     name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
     return GpuInfo(name.strip("\x00 "), f"{props.major}.{props.minor}")

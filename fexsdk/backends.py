@@ -1,43 +1,46 @@
-"""Inference backends, picked from the model file's suffix (like ultralytics' AutoBackend).
+"""Inference backends: the :class:`Backend` interface and onnxruntime's implementation.
 
-``.onnx`` -> onnxruntime (CUDA, then CPU); ``.engine``/``.plan`` -> TensorRT or
-TensorRT for RTX; other suffixes -> the formats registered through :mod:`fexsdk.plugins`
-(``fexsdk.training`` registers ``.pt``/``.pth``/``.ckpt`` checkpoints run by PyTorch, which
-needs the [train] extra). Every backend reads :class:`ModelMetadata` from the file and runs
-``(image, label[, noise])`` on float32 numpy arrays: :meth:`Backend.run` returns the image
-output, :meth:`Backend.run_outputs` every output the metadata lists (warp-head models add
-``flow``, ``residual`` and ``mask``).
+:func:`load_backend` opens a model file with the format its suffix names in :mod:`fexsdk.formats`
+(ONNX -> onnxruntime, CUDA then CPU; TensorRT engines -> TensorRT or TensorRT for RTX; the formats
+the packages above the runtime register, such as PyTorch training checkpoints). Every backend reads
+:class:`ModelMetadata` from the file and runs ``(image, label[, noise])`` on float32 numpy arrays:
+:meth:`Backend.run` returns the image output, :meth:`Backend.run_outputs` every output the metadata
+lists (warp-head models add ``flow``, ``residual`` and ``mask``).
 """
 
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Optional, Protocol
+from typing import Optional
 
 import numpy as np
 
-from fexsdk import plugins
+from fexsdk import formats
+from fexsdk.formats import ENGINE_SUFFIXES, ONNX_SUFFIXES  # noqa: F401  (re-exported for older callers)
 from fexsdk.metadata import ModelMetadata, from_props
 
-ONNX_SUFFIXES = (".onnx",)
-ENGINE_SUFFIXES = (".engine", ".plan")
 DEVICES = ("auto", "cpu", "cuda")
 
 
-class Backend(Protocol):
+class Backend(ABC):
+    """A generator ready to run. Subclasses set :attr:`meta` and :attr:`name` and implement both methods."""
+
     meta: ModelMetadata
     #: e.g. "onnxruntime/CPUExecutionProvider", "tensorrt/NVIDIA GeForce RTX 4090", "torch/cpu".
     name: str
 
+    @abstractmethod
     def run(self, image: np.ndarray, label: np.ndarray, noise: Optional[np.ndarray]) -> np.ndarray:
         """The image output, (B, C, S, S) in the model's space."""
 
+    @abstractmethod
     def run_outputs(self, image: np.ndarray, label: np.ndarray, noise: Optional[np.ndarray]) -> dict[str, np.ndarray]:
         """Every output named in ``meta.outputs``, by name."""
 
 
-class OnnxBackend:
+class OnnxBackend(Backend):
     """onnxruntime with the CUDA provider when asked for and available, else the CPU."""
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", threads: Optional[int] = None) -> None:
@@ -120,31 +123,19 @@ def check_threads(threads) -> Optional[int]:
 
 
 def load_backend(model: str | os.PathLike, device: str = "auto", threads: Optional[int] = None) -> Backend:
-    """Open a model file with the backend its suffix names."""
+    """Open a model file with the backend its suffix names (:mod:`fexsdk.formats`)."""
     if not isinstance(device, str) or (device not in DEVICES and not device.startswith("cuda:")):
         raise ValueError(f"device must be one of {DEVICES} or 'cuda:N', got {device!r}")
     threads = check_threads(threads)
     if isinstance(model, bytes) or not isinstance(model, (str, os.PathLike)):
-        raise ValueError(f"model must be a path to a model file (.onnx, .engine, .pt) or None for the bundled "
+        raise ValueError(f"model must be a path to a model file ({formats.suffix_list()}) or None for the bundled "
                          f"model, got {type(model).__name__} {model!r}")
     path = Path(model)
     if path.is_dir():
-        raise ValueError(f"model {path} is a folder; give the model file (.onnx, .engine, .pt)")
+        raise ValueError(f"model {path} is a folder; give the model file ({formats.suffix_list()})")
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix in ONNX_SUFFIXES:
-        return OnnxBackend(path, device, threads)
-    if suffix in ENGINE_SUFFIXES:
-        if device == "cpu":
-            raise ValueError(f"{path} is a TensorRT engine and runs on a GPU only; use the .onnx model with device='cpu'")
-        from fexsdk.trt_backend import TensorRTBackend
-
-        return TensorRTBackend(path)
-    fmt = plugins.model_format(suffix)
-    if fmt is not None:
-        return fmt.opener(path, device, threads)
-    raise ValueError(
-        f"cannot tell the backend from {path.name!r}: use .onnx (onnxruntime), .engine/.plan (TensorRT) "
-        "or .pt/.pth/.ckpt (a PyTorch training checkpoint, opened by fexsdk.training)"
-    )
+    fmt = formats.format_of(path)
+    if fmt is None:
+        raise ValueError(f"cannot tell the backend from {path.name!r}: use {formats.describe()}")
+    return fmt.opener(path, device, threads)

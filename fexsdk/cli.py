@@ -102,10 +102,23 @@ def _check_image_output(output: str, inputs: Sequence[str] = ()) -> None:
             raise ValueError(f"output {path} is the input image; writing it would replace your original: choose another name")
 
 
+def _model_help() -> str:
+    from fexsdk import formats
+
+    return f"bundled model name (default, ...) or model file ({formats.suffix_list()}); default: default"
+
+
+def _detector_help() -> str:
+    from fexsdk.formats import ONNX_SUFFIXES
+
+    return (f"yunet (default: the YuNet model shipped in fexsdk), haar (OpenCV's cascade), a YuNet {ONNX_SUFFIXES[0]} "
+            "path or an SSD .pb path")
+
+
 def _add_runtime(sub: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", help="bundled model name (default, ...) or model file (.onnx, .engine, .pt); default: default")
-    common.add_argument("--detector", help="yunet (default: the YuNet model shipped in fexsdk), haar (OpenCV's cascade), a YuNet .onnx path or an SSD .pb path")
+    common.add_argument("--model", help=_model_help())
+    common.add_argument("--detector", help=_detector_help())
     common.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where the model runs: auto (a GPU when the backend has one), cpu or cuda")
     common.add_argument("--threads", type=_POSITIVE, help="CPU threads for the model (default: the CPUs, at most 4)")
@@ -290,8 +303,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     overlay.add_argument("--no-overlay", dest="overlay", action="store_false",
                          help="do not draw them in the window either")
     p.add_argument("--no-align", action="store_true", help="do not turn tilted faces upright by their eye landmarks")
-    p.add_argument("--model", help="bundled model name (default, ...) or model file (.onnx, .engine, .pt); default: default")
-    p.add_argument("--detector", help="yunet (default: the YuNet model shipped in fexsdk), haar (OpenCV's cascade), a YuNet .onnx path or an SSD .pb path")
+    p.add_argument("--model", help=_model_help())
+    p.add_argument("--detector", help=_detector_help())
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where the model runs: auto (a GPU when the backend has one), cpu or cuda")
     p.add_argument("--threads", type=_POSITIVE, help="CPU threads for the model (default: the CPUs, at most 4)")
@@ -362,7 +375,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                        description="Start fexsdk as an HTTP service on a local Ray instance and print its URL. Endpoints: "
                                    "POST /apply, /apply.json, /generate; GET /healthz, /model, /stats. For a cluster, "
                                    "deploy serve.yaml with `serve deploy` instead.")
-    p.add_argument("--model", help="model file (.onnx, .engine); default: the bundled model")
+    p.add_argument("--model", help=_model_help())
     p.add_argument("--replicas", type=_POSITIVE, default=1, help="replicas (processes), each with its own model")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=_PORT, default=8000, help="TCP port to listen on (1-65535, default 8000)")
@@ -371,7 +384,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="where each replica's model runs: auto (a GPU when the backend has one), cpu or cuda")
-    p.add_argument("--detector", help="yunet (default: the YuNet model shipped in fexsdk), haar (OpenCV's cascade), a YuNet .onnx path or an SSD .pb path")
+    p.add_argument("--detector", help=_detector_help())
     p.add_argument("--threads", type=_POSITIVE, help="onnxruntime CPU threads per replica")
     p.add_argument("--num-cpus", type=_POSITIVE, help="CPUs Ray may use (default: all)")
     p.set_defaults(func=_run_serve)

@@ -32,6 +32,7 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from fexsdk.formats import ONNX_SUFFIXES
 from fexsdk.images import to_bgr, to_gray
 
 __all__ = [
@@ -50,7 +51,7 @@ __all__ = [
 DETECTOR_CHOICES = (
     "None or 'yunet' (the YuNet model that ships inside fexsdk, the default)",
     "'haar' (OpenCV's bundled Haar cascade, no file needed)",
-    "a path to a YuNet model ending in .onnx (e.g. face_detection_yunet_2023mar.onnx)",
+    f"a path to a YuNet model ending in {ONNX_SUFFIXES[0]} (e.g. face_detection_yunet_2023mar.onnx)",
     "a path to the ResNet-10 SSD ending in .pb (opencv_face_detector_uint8.pb, "
     "with opencv_face_detector.pbtxt beside it)",
     "a path to a Haar cascade ending in .xml",
@@ -423,12 +424,12 @@ def make_detector(spec: str | os.PathLike | FaceDetector | None = None) -> FaceD
     if isinstance(spec, str) and text.strip().lower() == "yunet":
         return YuNetDetector()
     suffix = Path(text).suffix.lower()
-    if suffix not in (".onnx", ".pb", ".xml"):
+    if suffix not in (*ONNX_SUFFIXES, ".pb", ".xml"):
         raise ValueError(_choices_message(spec))
     path = Path(text).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"face detector file not found: {path}")
-    if suffix == ".onnx":
+    if suffix in ONNX_SUFFIXES:
         return YuNetDetector(path)
     if suffix == ".pb":
         return SSDDetector(path)

@@ -244,27 +244,27 @@ def from_props(props: dict[str, str], source: object = "the model") -> ModelMeta
 
 
 def read_metadata(path: str | os.PathLike) -> ModelMetadata:
-    """The one reader of model metadata, for every format: ``.onnx``, ``.engine``/``.plan`` and the
-    suffixes registered by the packages above the runtime (training checkpoints: ``.pt``)."""
-    from fexsdk import plugins
+    """The one reader of model metadata, for every format in :mod:`fexsdk.formats` (the runtime's ONNX
+    and TensorRT files, and the formats registered by the packages above it, such as training checkpoints)."""
+    from fexsdk import formats
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
-    suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        return read_onnx_metadata(path)
-    if suffix in (".engine", ".plan"):
-        with open(path, "rb") as f:
-            head = f.read(8)
-            length = struct.unpack("<I", head[4:8])[0] if len(head) == 8 and head[:4] == ENGINE_MAGIC else 0
-            meta, _ = unpack_engine(head + f.read(length))
-        return meta
-    fmt = plugins.model_format(suffix)
+    fmt = formats.format_of(path)
     if fmt is None or fmt.reader is None:
-        raise ValueError(f"cannot read model metadata from {path.name!r}: no reader for {suffix!r} files "
-                         f"(known: {', '.join(plugins.known_suffixes())})")
+        raise ValueError(f"cannot read model metadata from {path.name!r}: no reader for {path.suffix.lower()!r} files "
+                         f"(known: {', '.join(formats.known_suffixes())})")
     return fmt.reader(path)
+
+
+def read_engine_metadata(path) -> ModelMetadata:
+    """Metadata of an fexsdk TensorRT engine file: its header alone is read."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        length = struct.unpack("<I", head[4:8])[0] if len(head) == 8 and head[:4] == ENGINE_MAGIC else 0
+        meta, _ = unpack_engine(head + f.read(length))
+    return meta
 
 
 def read_onnx_metadata(path) -> ModelMetadata:

@@ -3,8 +3,8 @@
 The runtime (``fexsdk``) imports nothing from ``fexsdk.training`` or ``fexsdk.export``. They plug in
 through two entry-point groups that pyproject.toml declares:
 
-- ``fexsdk.backends``: a callable that calls :func:`register_format` (training registers ``.pt``
-  checkpoints, run by PyTorch);
+- ``fexsdk.backends``: a callable that calls :func:`fexsdk.formats.register_format` (training
+  registers its checkpoints, run by PyTorch; :mod:`fexsdk.formats` loads these);
 - ``fexsdk.commands``: a callable ``add_commands(subparsers, helpers)`` that adds ``fex`` subcommands
   (train, train-classifier, eval from training; export from export).
 
@@ -15,55 +15,11 @@ installing (see :mod:`fexsdk._layers`) reads the same table from its pyproject.t
 from __future__ import annotations
 
 import importlib
-import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 BACKENDS_GROUP = "fexsdk.backends"
 COMMANDS_GROUP = "fexsdk.commands"
-
-#: Built-in formats of the runtime itself (the backends module opens them).
-BUILTIN_SUFFIXES = (".onnx", ".engine", ".plan")
-
-
-@dataclass
-class ModelFormat:
-    suffixes: tuple[str, ...]
-    #: (path, device, threads) -> a backend with ``meta``, ``name``, ``run`` and ``run_outputs``.
-    opener: Callable[..., Any]
-    #: path -> ModelMetadata, without running the model.
-    reader: Optional[Callable[[os.PathLike], Any]] = None
-    description: str = ""
-
-
-_FORMATS: dict[str, ModelFormat] = {}
-_loaded_backends = False
-
-
-def register_format(suffixes, opener, reader=None, description: str = "") -> None:
-    """Let :func:`fexsdk.backends.load_backend` and :func:`fexsdk.metadata.read_metadata` open more suffixes."""
-    fmt = ModelFormat(tuple(s.lower() for s in suffixes), opener, reader, description)
-    for s in fmt.suffixes:
-        if s in BUILTIN_SUFFIXES:
-            raise ValueError(f"{s} is a built-in format of the runtime")
-        _FORMATS[s] = fmt
-
-
-def model_format(suffix: str) -> Optional[ModelFormat]:
-    """The registered format for a suffix, loading the ``fexsdk.backends`` plugins on the first miss."""
-    global _loaded_backends
-    suffix = suffix.lower()
-    if suffix not in _FORMATS and not _loaded_backends:
-        _loaded_backends = True
-        for hook in load(BACKENDS_GROUP):
-            hook()
-    return _FORMATS.get(suffix)
-
-
-def known_suffixes() -> list[str]:
-    model_format("")  # loads the plugins
-    return [*BUILTIN_SUFFIXES, *sorted(_FORMATS)]
 
 
 # -- entry points ----------------------------------------------------------------

@@ -48,6 +48,7 @@ from typing import Any, Optional
 import numpy as np
 
 from fexsdk._extras import require
+from fexsdk.backends import Backend
 # Image formats accepted and answered, by their first bytes. The header reader is shared with `fex apply`
 # (fexsdk.images), so a huge image is refused before decoding in both.
 from fexsdk.images import JPEG_MAGIC, PNG_MAGIC, image_dimensions  # noqa: F401  (image_dimensions re-exported)
@@ -360,20 +361,34 @@ def parse_request(body: bytes, content_type: str, query: Mapping[str, str], file
     return ParsedRequest(body, fields)
 
 
-# -- the generator, batched -------------------------------------------------------
-class _BatchedBackend:
-    """Stands in for a Transfer's backend: ``run`` (called from a worker thread) sends each face to the
-    replica's batch queue and blocks until its row comes back."""
+# -- the generator, shared by the worker threads -----------------------------------------
+class _SharedBackend(Backend):
+    """The replica's one backend as its worker Transfers see it, with both of a backend's calls.
 
-    def __init__(self, inner, submit) -> None:
+    Batching off (``submit`` None): each call goes to the backend as it is, counted for /stats. Batching on:
+    each face (row) is sent to the replica's batch queue, and the call blocks until its outputs come back.
+    """
+
+    def __init__(self, inner: Backend, count, submit=None) -> None:
         self.inner = inner
         self.meta = inner.meta
         self.name = inner.name
-        self._submit = submit  # (image_row, label_row, noise_row) -> concurrent Future of the output row
+        self._count = count
+        self._submit = submit  # (image_row, label_row, noise_row) -> concurrent Future of {output name: row}
+
+    def run_outputs(self, image, label, noise):
+        if self._submit is None:
+            self._count(image.shape[0])
+            return self.inner.run_outputs(image, label, noise)
+        futures = [self._submit(image[i], label[i], None if noise is None else noise[i]) for i in range(image.shape[0])]
+        rows = [f.result() for f in futures]
+        return {name: np.stack([r[name] for r in rows]) for name in self.meta.outputs}
 
     def run(self, image, label, noise):
-        futures = [self._submit(image[i], label[i], None if noise is None else noise[i]) for i in range(image.shape[0])]
-        return np.stack([f.result() for f in futures])
+        if self._submit is None:
+            self._count(image.shape[0])
+            return self.inner.run(image, label, noise)
+        return self.run_outputs(image, label, noise)["output"]
 
 
 class FexService:
@@ -405,7 +420,7 @@ class FexService:
                                         batch_wait_timeout_s=float(o.batch_wait_s))(self._generate_batch)
         # Each worker thread checks out its own Transfer (OpenCV's detectors are not thread-safe); all share
         # one backend, wrapped so that the generator call goes through the batch queue.
-        shared_backend = _BatchedBackend(self.backend, self._submit) if self._batched else _LockedBackend(self.backend, self._count)
+        shared_backend = _SharedBackend(self.backend, self._count, self._submit if self._batched else None)
         self._transfers: "queue.Queue" = queue.Queue()
         for i in range(int(o.workers)):
             tr = copy.copy(self.transfer)
@@ -430,16 +445,16 @@ class FexService:
 
     def _run_generator(self, image, label, noise):
         self._count(image.shape[0])
-        return self.backend.run(image, label, noise)
+        return self.backend.run_outputs(image, label, noise)
 
     async def _generate_batch(self, items: list) -> list:
-        """The faces of concurrent requests, one generator call; row i of the output goes back to item i."""
+        """The faces of concurrent requests, one generator call; row i of every output goes back to item i."""
         image = np.stack([it[0] for it in items])
         label = np.stack([it[1] for it in items])
         noise = None if items[0][2] is None else np.stack([it[2] for it in items])
         loop = asyncio.get_running_loop()
-        out = await loop.run_in_executor(self._generator, self._run_generator, image, label, noise)
-        return list(out)
+        outs = await loop.run_in_executor(self._generator, self._run_generator, image, label, noise)
+        return [{name: value[i] for name, value in outs.items()} for i in range(len(items))]
 
     @contextmanager
     def _transfer(self):
@@ -628,20 +643,6 @@ class FexService:
         return Response(reply.body, status_code=reply.status, media_type=reply.media_type, headers=reply.headers)
 
 
-class _LockedBackend:
-    """Batching off: each request's faces go through the generator by themselves (counted for /stats)."""
-
-    def __init__(self, inner, count) -> None:
-        self.inner = inner
-        self.meta = inner.meta
-        self.name = inner.name
-        self._count = count
-
-    def run(self, image, label, noise):
-        self._count(image.shape[0])
-        return self.inner.run(image, label, noise)
-
-
 # -- Ray Serve -------------------------------------------------------------------------
 def build_app(args: Optional[Mapping[str, Any]] = None):
     """The Serve application builder: ``import_path: fexsdk.serve:build_app`` in ``serve.yaml`` (or
@@ -702,18 +703,27 @@ def deploy_failure_reason(serve) -> str:
     return errors[-1] if errors else (lines[-1] if lines else "")
 
 
+def check_model(model: Optional[str]) -> None:
+    """Refuse a model the replicas could not open, before Ray starts: a bundled name that does not exist, a
+    missing file, or a truncated or foreign one (said now, not after a 15 s failed deploy)."""
+    if not model:
+        return
+    from fexsdk.metadata import read_metadata
+    from fexsdk.transfer import resolve_model
+
+    path = Path(resolve_model(model))  # a bundled model's name ("warp") becomes its file
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {model}")
+    read_metadata(path)
+
+
 def run_local(args: Mapping[str, Any], *, replicas: int = 1, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
               num_cpus: Optional[int] = None, blocking: bool = True) -> str:
     """Start Ray locally, deploy the app and return its URL (``fex serve``); with ``blocking`` wait for Ctrl-C."""
     ray = require("ray", "serve", "fex serve")
     serve = require("ray.serve", "serve", "fex serve")
     opts = ServeOptions.from_args(args)
-    if opts.model and not Path(opts.model).is_file():
-        raise FileNotFoundError(f"model file not found: {opts.model}")
-    if opts.model:
-        from fexsdk.metadata import read_metadata
-
-        read_metadata(opts.model)  # a truncated or foreign file says why now, not after a 15 s failed deploy
+    check_model(opts.model)
     if replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
     check_port_free(host, port)

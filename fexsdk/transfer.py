@@ -13,6 +13,7 @@ from typing import Optional, Union
 
 import numpy as np
 
+from fexsdk import formats
 from fexsdk.backends import Backend, check_threads, load_backend
 from fexsdk.crops import CropBox, crop_box_for, extract_crops
 from fexsdk.emotions import Target, check_target, per_face_targets, target_matrix
@@ -32,7 +33,7 @@ DEFAULT_MODEL = BUNDLED_DIR / "default.onnx"
 
 def bundled_models() -> list[str]:
     """Names of the expression models shipped in the package (the face detector is not one)."""
-    return sorted(p.stem for p in BUNDLED_DIR.glob("*.onnx") if p.with_suffix(".json").is_file())
+    return sorted(p.stem for p in BUNDLED_DIR.glob(formats.onnx_glob()) if p.with_suffix(".json").is_file())
 
 
 def resolve_model(model: Union[str, os.PathLike, None]) -> Union[str, os.PathLike]:
@@ -47,8 +48,8 @@ def resolve_model(model: Union[str, os.PathLike, None]) -> Union[str, os.PathLik
         names = bundled_models()
         if model not in names:
             raise ValueError(f"no bundled model named {model!r}; bundled: {', '.join(names) or 'none'} "
-                             "(or give a model file: .onnx, .engine, .pt)")
-        return BUNDLED_DIR / f"{model}.onnx"
+                             f"(or give a model file: {formats.suffix_list()})")
+        return BUNDLED_DIR / formats.with_onnx_suffix(model)
     return model
 #: Crops per generator call in :meth:`Transfer.generate` (memory stays bounded for any number of crops).
 GENERATE_CHUNK = 256

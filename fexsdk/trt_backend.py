@@ -8,11 +8,13 @@ from typing import Optional
 
 import numpy as np
 
+from fexsdk.backends import Backend
 from fexsdk._trt import BatchProfile, check_cuda, cuda_runtime, current_gpu, import_tensorrt
+from fexsdk.formats import ONNX_SUFFIXES
 from fexsdk.metadata import unpack_engine
 
 
-class TensorRTBackend:
+class TensorRTBackend(Backend):
     """Runs an fexsdk engine file; refuses one built for another GPU or TensorRT version."""
 
     def __init__(self, path: str | os.PathLike) -> None:
@@ -26,7 +28,7 @@ class TensorRTBackend:
         if built != here:
             raise RuntimeError(
                 f"{path} was built for {built[0]} with {info.get('module')} {built[1]}, but this machine has "
-                f"{here[0]} with {self.trt.__version__}: rebuild it here with `fex export engine MODEL.onnx -o {path.name}`")
+                f"{here[0]} with {self.trt.__version__}: rebuild it here with `fex export engine MODEL{ONNX_SUFFIXES[0]} -o {path.name}`")
         self.cudart = cuda_runtime()
         logger = self.trt.Logger(self.trt.Logger.WARNING)
         self.engine = self.trt.Runtime(logger).deserialize_cuda_engine(engine_bytes)

@@ -81,7 +81,7 @@ def test_the_runtime_works_with_training_export_and_torch_blocked():
 import numpy as np
 from fexsdk import Transfer
 img = np.full((120, 120, 3), 128, np.uint8)
-out = Transfer(device="cpu").apply(img, "happy", faces=[(30, 30, 60, 60)], seed=0)
+out = Transfer(device="cpu", skip_unsuitable=False).apply(img, "happy", faces=[(30, 30, 60, 60)], seed=0)
 assert out.shape == img.shape and not np.array_equal(out, img)
 """)
     assert int(out.split()[0]) >= 20  # every runtime module was imported
@@ -93,10 +93,10 @@ def test_training_imports_with_export_blocked():
 
 
 def test_training_registers_the_checkpoint_backend_and_the_commands():
-    from fexsdk import plugins
+    from fexsdk import formats
     from fexsdk.cli import build_parser
 
-    fmt = plugins.model_format(".pt")
+    fmt = formats.model_format(".pt")
     assert fmt is not None and fmt.opener.__module__ == "fexsdk.training.torch_backend"
     commands = build_parser()._subparsers._group_actions[0].choices
     assert set(commands) == {"train", "train-classifier", "eval", "export", "apply", "grid", "demo", "serve"}
@@ -137,8 +137,8 @@ def test_wheel_installs_only_fexsdk(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-compile", "--target", str(target),
                     str(wheel)], check=True, capture_output=True)
     code = ("import sys, fexsdk, fexsdk.cli; fexsdk.cli.build_parser(); assert 'torch' not in sys.modules; "
-            "import fexsdk.training.torch_backend as tb, fexsdk.export; from fexsdk import plugins; "
-            "assert plugins.model_format('.pt').opener is tb.TorchBackend; print(fexsdk.__file__, fexsdk.export.__file__)")
+            "import fexsdk.training.torch_backend as tb, fexsdk.export; from fexsdk import formats; "
+            "assert formats.model_format('.pt').opener is tb.TorchBackend; print(fexsdk.__file__, fexsdk.export.__file__)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": str(target)})
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -162,6 +162,66 @@ def test_cli_parses_serve_options():
     assert (args.replicas, args.port, args.max_batch, args.device, args.model) == (2, 8123, 32, "cpu", "m.onnx")
 
 
+class _StopBeforeRay(Exception):
+    pass
+
+
+def serve_cli_options(monkeypatch, argv: list[str]) -> dict:
+    """The service options `fex <argv>` hands to run_local, which is run up to the point where Ray would start
+    (its model check included); nothing is started."""
+    import fexsdk.serve as serve_mod
+    from fexsdk.cli import main
+
+    seen: dict = {}
+    real_run_local = serve_mod.run_local
+
+    def spy(args, **kwargs):
+        seen.update(args)
+        return real_run_local(args, **kwargs)
+
+    def stop(host, port):
+        raise _StopBeforeRay
+
+    monkeypatch.setattr(serve_mod, "run_local", spy)
+    monkeypatch.setattr(serve_mod, "check_port_free", stop)
+    with pytest.raises(_StopBeforeRay):
+        main(argv)
+    return seen
+
+
+@pytest.fixture(scope="module")
+def warp_ref() -> Transfer:
+    return Transfer("warp", device="cpu", threads=1)
+
+
+def test_fex_serve_model_warp_answers_like_transfer_apply(monkeypatch, warp_ref, png_bytes):
+    """`fex serve --model warp`: the bundled name is accepted, and the service (without Ray: each request's faces
+    by themselves) answers POST /apply with the bytes of Transfer("warp").apply for the same seed."""
+    opts = serve_cli_options(monkeypatch, ["serve", "--model", "warp", "--device", "cpu", "--threads", "1"])
+    assert opts["model"] == "warp"
+    svc = FexService({**opts, "workers": 2}, _use_serve_batch=False)
+    assert svc.meta.is_warp and svc.model_info()["card"]["preset"] == warp_ref.meta.preset
+
+    async def calls():
+        return await asyncio.gather(*(svc.handle("POST", "/apply", {"emotion": e, "seed": s}, {}, png_bytes)
+                                      for e, s in (("happy", "3"), ("surprise", "4"))))
+
+    image = decode(png_bytes)
+    for reply, (emotion, seed) in zip(asyncio.run(calls()), (("happy", 3), ("surprise", 4))):
+        assert reply.status == 200, reply.body
+        want = warp_ref.apply(image, emotion, seed=seed)
+        assert not np.array_equal(want, image)
+        assert reply.body == cv2.imencode(".png", want)[1].tobytes()
+    assert svc.stats["faces"] == 4 and svc.stats["errors"] == 0
+
+
+def test_fex_serve_refuses_an_unknown_bundled_name(capsys):
+    from fexsdk.cli import main
+
+    assert main(["serve", "--model", "no-such-model", "--device", "cpu"]) == 2
+    assert "no bundled model named 'no-such-model'" in capsys.readouterr().err
+
+
 # -- with Ray Serve: the real service over HTTP ----------------------------------------------
 def _free_port() -> int:
     with socket.socket() as s:
@@ -332,6 +392,40 @@ def test_bad_requests_get_4xx_and_service_keeps_serving(server, ref, png_bytes):
     assert http(f"{server}/healthz")[0] == 200
     status, _, out = http(f"{server}/apply?emotion=neutral&seed=8", png_bytes)
     assert status == 200 and np.array_equal(decode(out), ref.apply(decode(png_bytes), "neutral", seed=8))
+
+
+def test_warp_model_served_batched_over_http(server, monkeypatch, warp_ref, png_bytes):
+    """`fex serve --model warp`'s application, deployed beside the module's app: concurrent requests share
+    generator calls (every output of the warp head goes back row by row), each answered with Transfer.apply's bytes."""
+    from ray import serve
+
+    from fexsdk.serve import make_app
+
+    opts = serve_cli_options(monkeypatch, ["serve", "--model", "warp", "--device", "cpu", "--threads", "1",
+                                           "--max-batch", "8", "--batch-wait-ms", "1000"])
+    serve.run(make_app({**opts, "workers": 4}, num_replicas=1, ray_actor_options={"num_cpus": 0}),
+              name="fexsdk-warp", route_prefix="/warp", blocking=False)
+    try:
+        results: dict = {}
+        jobs = [("happy", 1), ("surprise", 2)]
+
+        def post(i, emotion, seed):
+            results[i] = http(f"{server}/warp/apply?emotion={emotion}&seed={seed}", png_bytes)
+
+        threads = [threading.Thread(target=post, args=(i, e, s)) for i, (e, s) in enumerate(jobs)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        image = decode(png_bytes)
+        for i, (emotion, seed) in enumerate(jobs):
+            status, headers, body = results[i]
+            assert status == 200, body
+            assert body == cv2.imencode(".png", warp_ref.apply(image, emotion, seed=seed))[1].tobytes()
+        stats = json.loads(http(f"{server}/warp/stats")[2])
+        assert stats["faces"] == 4 and stats["largest_batch"] > 2
+    finally:
+        serve.delete("fexsdk-warp")
 
 
 def test_cluster_yaml_is_a_valid_serve_config():

@@ -1,8 +1,8 @@
 """Training checkpoints as runtime models: the ``.pt`` backend, registered with the runtime.
 
-The runtime never imports this module; ``fexsdk.plugins`` loads :func:`register` through the
+The runtime never imports this module; :mod:`fexsdk.formats` loads :func:`register` through the
 ``fexsdk.backends`` entry point (pyproject.toml) the first time a model file has a suffix the
-runtime does not know. Needs the [train] extra (PyTorch) only when a checkpoint is opened.
+runtime does not know, or the whole table of formats is asked for. Needs the [train] extra (PyTorch) only when a checkpoint is opened.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Optional
 
 from fexsdk._extras import require
-from fexsdk.plugins import register_format
+from fexsdk.backends import Backend
+from fexsdk.formats import register_format
 
 TORCH_SUFFIXES = (".pt", ".pth", ".ckpt")
 
 
-class TorchBackend:
+class TorchBackend(Backend):
     """A training checkpoint run by PyTorch (for checking a model before exporting it)."""
 
     def __init__(self, path: str | os.PathLike, device: str = "auto", threads: Optional[int] = None) -> None:
@@ -60,4 +61,4 @@ def read_checkpoint_metadata(path: str | os.PathLike):
 
 def register() -> None:
     """Entry point ``fexsdk.backends:torch``: ``.pt``/``.pth``/``.ckpt`` open as PyTorch checkpoints."""
-    register_format(TORCH_SUFFIXES, TorchBackend, read_checkpoint_metadata, "PyTorch training checkpoint")
+    register_format(TORCH_SUFFIXES, TorchBackend, read_checkpoint_metadata, "PyTorch training checkpoint, needs fexsdk[train]")
