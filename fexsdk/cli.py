@@ -147,25 +147,6 @@ def _add_runtime(sub: argparse._SubParsersAction) -> None:
     g.set_defaults(func=_run_grid)
 
 
-def parse_target(text: str):
-    """"surprise" -> "surprise"; "3" -> 3; "happy=0.7,surprise=0.3" -> {"happy": 0.7, "surprise": 0.3}.
-
-    An emotion given twice is refused (it would otherwise keep the last value)."""
-    if "=" not in text:
-        return int(text.strip()) if text.strip().isdigit() else text
-    out = {}
-    for part in text.split(","):
-        name, _, value = part.partition("=")
-        name = name.strip()
-        if name in out:
-            raise ValueError(f"-e: {name!r} is given twice in {text!r}; give each emotion once")
-        try:
-            out[name] = float(value)
-        except ValueError:
-            raise ValueError(f"bad intensity in {part!r}: expected name=number") from None
-    return out
-
-
 def _transfer(args: argparse.Namespace):
     from fexsdk.transfer import Transfer
 
@@ -213,13 +194,12 @@ def _run_apply(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from fexsdk.emotions import canonical_name, target_vector
+    from fexsdk.emotions import canonical_name, parse_target
     from fexsdk.images import read_image
     from fexsdk.transfer import to_uint8
 
     jobs, folder = _apply_jobs(args.input, args.output)
-    target = parse_target(args.emotion)
-    target_vector(target)  # a bad -e fails before the model is loaded
+    target = parse_target(args.emotion)  # checked: a bad -e fails before the model is loaded
     tr = _transfer(args)
     what = args.emotion if isinstance(target, dict) else canonical_name(target)
     if folder is not None:  # created if missing, as --help says, however many images go into it

@@ -111,6 +111,59 @@ def target_vector(target: Target) -> np.ndarray:
     return one_hot(emotion_index(target))
 
 
+def parse_target(text: str) -> Target:
+    """A target as typed: ``fex apply -e``, the ``emotion`` field of ``fex serve``; checked.
+
+    ``"surprise"`` or an alias -> the name as given; ``"3"`` -> 3; ``"happy=0.7,surprise=0.3"`` (or the JSON
+    object ``{"happy": 0.7, "surprise": 0.3}``, as a JSON request body carries it) -> that dict. A ValueError
+    says what is wrong: nothing given, a part that is not ``name=number``, an emotion given twice
+    (``happy=0.2,happy=0.9``), or what :func:`target_vector` refuses.
+    """
+    if text is None or not str(text).strip():
+        raise ValueError("no emotion: give a name (e.g. happy, or an alias such as joy), an index 0-6, "
+                         "or intensities such as happy=0.7,surprise=0.3")
+    text = str(text).strip()
+    if text.startswith("{"):
+        pairs = _json_pairs(text)
+    elif "=" in text:
+        pairs = []
+        for part in text.split(","):
+            name, sep, value = part.partition("=")
+            try:
+                if not sep:
+                    raise ValueError
+                pairs.append((name.strip(), float(value)))
+            except ValueError:
+                raise ValueError(f"bad intensities {text!r}: {part.strip()!r} is not name=number") from None
+    else:
+        target: Target = int(text) if text.isdigit() else text
+        target_vector(target)
+        return target
+    names = [name for name, _ in pairs]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"{name!r} is given twice in {text!r}; give each emotion once")
+    out = dict(pairs)
+    try:
+        target_vector(out)
+    except ValueError as exc:
+        msg = str(exc)
+        raise ValueError(msg if msg.startswith("unknown emotion") else f"bad intensities: {msg}") from None
+    return out
+
+
+def _json_pairs(text: str) -> list:
+    import json
+
+    try:
+        pairs = json.loads(text, object_pairs_hook=lambda p: p)
+    except ValueError:
+        pairs = None
+    if not isinstance(pairs, list):
+        raise ValueError(f"bad intensities {text!r}: not a JSON object of name: number")
+    return pairs
+
+
 def _is_single(target) -> bool:
     return isinstance(target, (str, int, np.integer, Mapping))
 

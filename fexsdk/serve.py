@@ -207,41 +207,14 @@ def encode_image(image: np.ndarray, fmt: str, jpeg_quality: int = 95) -> bytes:
     return buf.tobytes()
 
 
-def parse_target(text: Optional[str]):
-    """``"surprise"`` -> the name; ``"happy=0.7,surprise=0.3"`` -> intensities; checked (HTTPError 400)."""
-    from fexsdk.emotions import target_vector
+def _parse_emotion(text: Optional[str]):
+    """The ``emotion`` field, read as ``fex apply -e`` reads it (:func:`fexsdk.emotions.parse_target`); HTTPError 400."""
+    from fexsdk.emotions import parse_target
 
-    if text is None or not str(text).strip():
-        raise HTTPError(400, "no emotion: pass emotion=NAME (e.g. happy, or an alias such as joy) "
-                             "or intensities such as happy=0.7,surprise=0.3")
-    text = str(text).strip()
-    if "=" in text:
-        target: Any = {}
-        for part in text.split(","):
-            name, sep, value = part.partition("=")
-            try:
-                if not sep:
-                    raise ValueError
-                target[name.strip()] = float(value)
-            except ValueError:
-                raise HTTPError(400, f"bad intensities {text!r}: {part.strip()!r} is not name=number") from None
-    elif text.startswith("{"):  # a JSON body's {"happy": 0.7, ...}
-        try:
-            target = json.loads(text)
-        except ValueError:
-            raise HTTPError(400, f"bad intensities {text!r}: not a JSON object of name: number") from None
-        if not isinstance(target, dict):
-            raise HTTPError(400, f"bad intensities {text!r}: not a JSON object of name: number")
-    else:
-        target = int(text) if text.isdigit() else text
     try:
-        target_vector(target)
+        return parse_target(text)
     except ValueError as exc:
-        msg = str(exc)
-        if isinstance(target, dict) and not msg.startswith("unknown emotion"):
-            msg = f"bad intensities: {msg}"
-        raise HTTPError(400, msg) from None
-    return target
+        raise HTTPError(400, str(exc)) from None
 
 
 def _parse_seed(text: Optional[str]) -> Optional[int]:
@@ -306,7 +279,7 @@ def _parse_targets(text: Optional[str]) -> Optional[list]:
                 raise HTTPError(400, f"bad intensities in targets: {exc}") from None
             out.append(item)
         elif isinstance(item, (str, int)) and not isinstance(item, bool):
-            out.append(parse_target(str(item)))
+            out.append(_parse_emotion(str(item)))
         else:
             raise HTTPError(400, f"bad target {item!r} in targets: expected a name, an index or {{name: intensity}}")
     return out
@@ -504,7 +477,7 @@ class FexService:
     async def _apply(self, req: ParsedRequest, as_json: bool) -> Reply:
         image, fmt = decode_image(req.data, self.opts.max_pixels)
         f = req.fields
-        target = parse_target(f.get("emotion"))
+        target = _parse_emotion(f.get("emotion"))
         seed = _parse_seed(f.get("seed"))
         strength = _parse_strength(f.get("strength"))
         faces = _parse_faces(f.get("faces"))
@@ -568,7 +541,7 @@ class FexService:
         f = req.fields
         targets = _parse_targets(f.get("targets"))
         if targets is None:
-            targets = parse_target(f.get("emotion"))
+            targets = _parse_emotion(f.get("emotion"))
         elif len(targets) != crops.shape[0]:
             raise HTTPError(400, f"got {len(targets)} targets for {crops.shape[0]} crops; give one target, or exactly one per crop")
         seed = _parse_seed(f.get("seed"))

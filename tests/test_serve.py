@@ -29,7 +29,6 @@ from fexsdk.serve import (  # noqa: E402
     HTTPError,
     image_dimensions,
     parse_multipart,
-    parse_target,
 )
 from fexsdk.transfer import Transfer  # noqa: E402
 
@@ -107,15 +106,45 @@ def test_multipart_keeps_binary_bytes():
 
 
 def test_parse_target():
+    """The one reader of typed targets (fexsdk.emotions.parse_target), shared by fex apply -e and the service."""
+    from fexsdk.emotions import parse_target
+
     assert parse_target("joy") == "joy"
     assert parse_target("3") == 3
     assert parse_target("happy=0.7, surprise=0.3") == {"happy": 0.7, "surprise": 0.3}
+    assert parse_target('{"happy": 0.7, "surprise": 0.3}') == {"happy": 0.7, "surprise": 0.3}
     for text, words in [("blah", "unknown emotion 'blah'"), ("happy=abc", "bad intensities"),
                         ("happy=-1", "bad intensities"), ("happy=0,sad=0", "not all be zero"),
-                        ("blah=0.5", "unknown emotion 'blah'"), ("", "no emotion"), (None, "no emotion")]:
-        with pytest.raises(HTTPError, match=words) as info:
+                        ("blah=0.5", "unknown emotion 'blah'"), ("", "no emotion"), (None, "no emotion"),
+                        ("happy=0.2,happy=0.9", "'happy' is given twice"),
+                        ('{"happy": 0.2, "happy": 0.9}', "'happy' is given twice"),
+                        ("happy=0.2,joy=0.5", "name the same emotion")]:
+        with pytest.raises(ValueError, match=words):
             parse_target(text)
-        assert info.value.status == 400
+
+
+def test_cli_and_service_refuse_an_emotion_given_twice(tmp_path, capsys, png_bytes):
+    """happy=0.2,happy=0.9 was refused by fex apply and read as {"happy": 0.9} by the service: both refuse it now,
+    with the same message."""
+    from fexsdk.cli import main
+
+    text = "happy=0.2,happy=0.9"
+    message = f"'happy' is given twice in '{text}'; give each emotion once"
+    assert main(["apply", str(EXAMPLE), "-e", text, "-o", str(tmp_path / "out.png"), "--device", "cpu"]) == 2
+    assert message in capsys.readouterr().err and not (tmp_path / "out.png").exists()
+    svc = FexService({"device": "cpu", "threads": 1, "workers": 1}, _use_serve_batch=False)
+
+    async def calls():
+        query = await svc.handle("POST", "/apply", {"emotion": text}, {}, png_bytes)
+        body = json.dumps({"image": base64.b64encode(png_bytes).decode(), "emotion": text}).encode()
+        as_json = await svc.handle("POST", "/apply.json", {}, {"Content-Type": "application/json"}, body)
+        crops = await svc.handle("POST", "/generate", {"targets": json.dumps([text])}, {},
+                                 npy(np.zeros((1, 48, 48), np.uint8)))
+        return query, as_json, crops
+
+    for reply in asyncio.run(calls()):
+        assert reply.status == 400 and "is given twice" in json.loads(reply.body)["error"], reply.body
+    assert message in json.loads(asyncio.run(calls())[0].body)["error"]
 
 
 def test_handler_without_ray_matches_apply(ref, png_bytes):
