@@ -330,6 +330,11 @@ class YuNetDetector:
                 faces.append(Face(box, float(r[14]), r[4:14].reshape(5, 2).copy()))
         return _sorted(faces)
 
+    def with_input_size(self, input_size: int | None) -> "YuNetDetector":
+        """A new detector like this one (model file, thresholds, ``min_face``) that shrinks frames to ``input_size``."""
+        return YuNetDetector(self.path, score_threshold=self.score_threshold, nms_threshold=self.nms_threshold,
+                             top_k=self.top_k, min_face=self.min_face, input_size=input_size)
+
     def __repr__(self) -> str:
         return (
             f"YuNetDetector({str(self.path)!r}, score_threshold={self.score_threshold}, "

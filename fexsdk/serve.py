@@ -32,15 +32,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import copy
 import io
 import json
-import queue
 import re
 import threading
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -373,7 +370,6 @@ class FexService:
     """
 
     def __init__(self, options: Optional[Mapping[str, Any]] = None, _use_serve_batch: bool = True) -> None:
-        from fexsdk.faces import make_detector
         from fexsdk.transfer import Transfer, resolve_model
 
         self.opts = ServeOptions.from_args(options)
@@ -391,16 +387,11 @@ class FexService:
             serve = require("ray.serve", "serve", "fexsdk's HTTP service")
             self._batched = serve.batch(max_batch_size=int(o.max_batch_size),
                                         batch_wait_timeout_s=float(o.batch_wait_s))(self._generate_batch)
-        # Each worker thread checks out its own Transfer (OpenCV's detectors are not thread-safe); all share
-        # one backend, wrapped so that the generator call goes through the batch queue.
+        # The worker threads share one Transfer (each thread gets its own detector, as OpenCV's are not
+        # thread-safe) whose backend is the replica's, wrapped so that the generator call is counted and,
+        # with batching, goes through the batch queue.
         shared_backend = _SharedBackend(self.backend, self._count, self._submit if self._batched else None)
-        self._transfers: "queue.Queue" = queue.Queue()
-        for i in range(int(o.workers)):
-            tr = copy.copy(self.transfer)
-            if i:
-                tr.detector = make_detector(o.detector)
-            tr.backend = shared_backend
-            self._transfers.put(tr)
+        self._worker_transfer = self.transfer.clone(backend=shared_backend)
         self._workers = ThreadPoolExecutor(int(o.workers), thread_name_prefix="fex-worker")
         self._generator = ThreadPoolExecutor(1, thread_name_prefix="fex-generator")
 
@@ -428,14 +419,6 @@ class FexService:
         loop = asyncio.get_running_loop()
         outs = await loop.run_in_executor(self._generator, self._run_generator, image, label, noise)
         return [{name: value[i] for name, value in outs.items()} for i in range(len(items))]
-
-    @contextmanager
-    def _transfer(self):
-        tr = self._transfers.get()
-        try:
-            yield tr
-        finally:
-            self._transfers.put(tr)
 
     async def _in_worker(self, fn, *args):
         self._loop = asyncio.get_running_loop()
@@ -467,12 +450,10 @@ class FexService:
         }
 
     def _apply_sync(self, image: np.ndarray, target, faces, seed, strength):
-        with self._transfer() as tr:
-            return tr.apply(image, target, faces=faces, seed=seed, strength=strength, return_faces=True)
+        return self._worker_transfer.apply(image, target, faces=faces, seed=seed, strength=strength, return_faces=True)
 
     def _generate_sync(self, crops: np.ndarray, targets, seed):
-        with self._transfer() as tr:
-            return tr.generate(crops, targets, seed=seed)
+        return self._worker_transfer.generate(crops, targets, seed=seed)
 
     async def _apply(self, req: ParsedRequest, as_json: bool) -> Reply:
         image, fmt = decode_image(req.data, self.opts.max_pixels)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import threading
@@ -272,6 +273,29 @@ class Transfer:
 
     def __repr__(self) -> str:
         return f"Transfer(backend={self.backend.name}, preset={self.meta.preset!r}, detector={self.detector.name})"
+
+    def clone(self, backend: Optional[Backend] = None, detect_size: Optional[int] = None) -> "Transfer":
+        """This Transfer with the same options and model, without opening the model file again.
+
+        ``backend``: the clone runs this backend instead (it must take this model's inputs, e.g. a wrapper
+        around :attr:`backend`); None shares this one. The clone's detector is its own, built anew from the
+        same spec (one per thread that uses the clone, as here); a detector object given by the caller cannot
+        be rebuilt and stays shared, under its lock. ``detect_size``: the clone's YuNet sees a copy of the
+        frame at most this many pixels on its longer side (:meth:`fexsdk.faces.YuNetDetector.with_input_size`;
+        one detector, used under a lock); other detectors are unaffected.
+        """
+        twin = copy.copy(self)
+        twin.backend = self.backend if backend is None else backend
+        twin.meta = twin.backend.meta
+        twin._local = threading.local()
+        if detect_size is not None:
+            det = make_detector(self._detector_spec) if self._shared_detector is None else self._shared_detector
+            resize = getattr(det, "with_input_size", None)
+            if callable(resize):
+                twin.detector = resize(detect_size)
+        elif self._shared_detector is None:
+            twin._local.detector = make_detector(self._detector_spec)  # built in the caller's thread, as in __init__
+        return twin
 
     # -- the raw model --------------------------------------------------------
     def _noise(self, seed, face_ids: Sequence[int], dropout: bool):

@@ -32,7 +32,7 @@ from fexsdk.capture import (  # noqa: F401
     open_video_sink,
 )
 from fexsdk.emotions import EMOTIONS, emotion_index
-from fexsdk.faces import YuNetDetector, box_iou
+from fexsdk.faces import box_iou
 from fexsdk.paste import MAX_STRENGTH
 from fexsdk.tracking import Box, FaceTracker, Track  # noqa: F401
 
@@ -440,18 +440,14 @@ class DemoLoop:
         return self.transfer
 
     def _detector(self) -> Callable[[np.ndarray], list]:
-        """The demo's detection call: the Transfer's YuNet rebuilt to see a copy of at most
-        ``detect_size`` pixels (same model file, thresholds and crop framing); any other detector as it is."""
+        """The demo's detection call: a clone of the Transfer (:meth:`~fexsdk.transfer.Transfer.clone`) whose YuNet
+        sees a copy of at most ``detect_size`` pixels (same model file, thresholds and crop framing); any other
+        detector as it is."""
         if self._detect_call is None:
             tr = self.load_transfer()
-            det = getattr(tr, "detector", None)
             size = self.config.detect_size
-            if size is not None and getattr(det, "name", None) == "yunet" and getattr(det, "path", None) is not None:
-                small = YuNetDetector(det.path, score_threshold=det.score_threshold, nms_threshold=det.nms_threshold,
-                                      top_k=det.top_k, min_face=det.min_face, input_size=size)
-                self._detect_call = small.detect
-            else:
-                self._detect_call = tr.detect
+            clone = getattr(tr, "clone", None)  # a stand-in for a Transfer without one detects as it is
+            self._detect_call = tr.detect if size is None or clone is None else clone(detect_size=size).detect
         return self._detect_call
 
     def _timed_detect(self, image: np.ndarray) -> list:

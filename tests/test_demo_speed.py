@@ -8,7 +8,7 @@ import threading
 import numpy as np
 import pytest
 
-from fexsdk.faces import Face, YuNetDetector
+from fexsdk.faces import Face
 from fexsdk.tracking import FaceTracker
 from fexsdk.video import DemoConfig, DemoLoop, run_demo
 from tests.conftest import REPO, face_scene
@@ -131,10 +131,12 @@ def test_late_detection_of_a_new_face_starts_a_track_from_its_own_frame():
 
 def test_detect_size_runs_the_transfers_yunet_on_a_smaller_copy(bundled):
     loop = DemoLoop(DemoConfig(headless=True, detect_size=320), transfer=bundled)
-    det = loop._detector().__self__
-    own = bundled.detector
-    assert isinstance(det, YuNetDetector) and det.input_size == 320
-    assert (det.path, det.score_threshold, det.min_face) == (own.path, own.score_threshold, own.min_face)
+    twin = loop._detector().__self__  # Transfer.clone(detect_size=320): same model, its own detector
+    det, own = twin.detector, bundled.detector
+    assert twin is not bundled and twin.backend is bundled.backend and own.input_size != 320
+    assert det.name == "yunet" and det.input_size == 320 and repr(det).startswith("YuNetDetector(")
+    assert (det.path, det.score_threshold, det.nms_threshold, det.top_k, det.min_face) == \
+        (own.path, own.score_threshold, own.nms_threshold, own.top_k, own.min_face)
     # None keeps the Transfer's own detector (and its own size rule)
     assert DemoLoop(DemoConfig(headless=True, detect_size=None), transfer=bundled)._detector() == bundled.detect
 
@@ -143,7 +145,8 @@ def test_a_detector_that_is_not_yunet_is_used_as_it_is():
     from fexsdk.transfer import Transfer
 
     tr = Transfer(device="cpu", detector="haar", threads=1)
-    assert DemoLoop(DemoConfig(headless=True, detect_size=320), transfer=tr)._detector() == tr.detect
+    twin = DemoLoop(DemoConfig(headless=True, detect_size=320), transfer=tr)._detector().__self__
+    assert twin.detector.name == "haar" and twin.backend is tr.backend
 
 
 def test_run_stops_the_detector_thread(tmp_path):

@@ -269,3 +269,62 @@ def test_bundled_models_by_name(tmp_path):
         Transfer("happy")
     path = tmp_path / "model.onnx"
     assert resolve_model(str(path)) == str(path)  # a path is not looked up
+
+
+def test_clone_shares_the_model_and_builds_its_own_detector(scene):
+    """Transfer.clone: what the service and the demo use instead of copying a Transfer and replacing its parts."""
+    from fexsdk.backends import Backend
+    from fexsdk.faces import HaarDetector
+
+    img, _ = scene
+    tr = Transfer(device="cpu", threads=1)
+    twin = tr.clone()
+    assert twin.backend is tr.backend and twin.meta is tr.meta and twin.detector is not tr.detector
+    assert (twin.blend, twin.align, twin.smooth, twin.exposure) == (tr.blend, tr.align, tr.smooth, tr.exposure)
+    assert np.array_equal(twin.apply(img, "happy", seed=3), tr.apply(img, "happy", seed=3))
+
+    calls = []
+
+    class Counting(Backend):
+        meta, name = tr.backend.meta, "counting"
+
+        def run(self, image, label, noise):
+            calls.append(image.shape[0])
+            return tr.backend.run(image, label, noise)
+
+        def run_outputs(self, image, label, noise):
+            return {"output": self.run(image, label, noise)}
+
+    counted = tr.clone(backend=Counting())
+    assert counted.backend.name == "counting" and tr.backend.name != "counting"
+    assert np.array_equal(counted.apply(img, "sad", seed=1), tr.apply(img, "sad", seed=1)) and calls == [2]
+
+    small = tr.clone(detect_size=320)  # the demo's smaller copy of the frame for YuNet
+    assert small.detector.input_size == 320 and tr.detector.input_size != 320
+    # A detector object given by the caller cannot be rebuilt: the clone shares it (under the same lock).
+    haar = HaarDetector()
+    by_object = Transfer(device="cpu", threads=1, detector=haar)
+    assert by_object.clone().detector is by_object.detector and by_object.clone(detect_size=320).detector.name == "haar"
+
+
+def test_only_transfer_replaces_a_transfers_parts():
+    """No runtime module outside transfer.py assigns a Transfer's backend or reads its detector's private state."""
+    import ast
+
+    repo = Path(__file__).resolve().parents[1]
+    private = {"_detector_spec", "_shared_detector", "_local", "_inner"}
+    found = []
+    for path in sorted((repo / "fexsdk").rglob("*.py")):
+        if path.name == "transfer.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+                node, (ast.AugAssign, ast.AnnAssign)) else []
+            for t in targets:
+                if isinstance(t, ast.Attribute) and t.attr == "backend" and not (
+                        isinstance(t.value, ast.Name) and t.value.id == "self"):
+                    found.append(f"{path.name}:{node.lineno}: assigns .backend")
+            if isinstance(node, ast.Attribute) and node.attr in private and not (
+                    isinstance(node.value, ast.Name) and node.value.id == "self"):
+                found.append(f"{path.name}:{node.lineno}: reads .{node.attr}")
+    assert not found, "\n".join(found)
