@@ -22,7 +22,7 @@ from pathlib import Path
 
 from fexsdk.export.onnx_export import export_onnx
 from fexsdk.emotions import EMOTIONS
-from fexsdk.metadata import ModelMetadata
+from fexsdk.metadata import ONNX_KEY, ModelMetadata, read_metadata
 from fexsdk.grid import EMOTION_COLUMNS, image_grid
 from fexsdk.transfer import BUNDLED_DIR, Transfer
 from fexsdk.training.checkpoint import load_checkpoint, save_discriminator
@@ -50,7 +50,23 @@ def model_card(meta: ModelMetadata, ckpt: dict, command: str = "", parity: float
     }
 
 
-def bundle(checkpoint: str, eval_dir: str | None = None, command: str = "", name: str = "default") -> Path:
+def set_default_strength(model: Path, strengths: dict[str, float]) -> ModelMetadata:
+    """Write per-emotion default strengths (``ModelMetadata.default_strength``) into an ONNX file's metadata."""
+    import onnx
+
+    meta = read_metadata(model)
+    meta.default_strength = {k: float(v) for k, v in strengths.items()}
+    meta.validate()  # emotion names and the [0, 2] range
+    graph = onnx.load(str(model))
+    for entry in graph.metadata_props:
+        if entry.key == ONNX_KEY:
+            entry.value = meta.to_json()
+    onnx.save(graph, str(model))
+    return meta
+
+
+def bundle(checkpoint: str, eval_dir: str | None = None, command: str = "", name: str = "default",
+           default_strength: dict[str, float] | None = None) -> Path:
     if not name.isidentifier() or name.startswith("face_detection"):
         raise ValueError(f"bundle name must be a plain word (letters, digits, _), got {name!r}")
     ckpt = load_checkpoint(checkpoint)
@@ -59,7 +75,8 @@ def bundle(checkpoint: str, eval_dir: str | None = None, command: str = "", name
     if report.size_bytes > MAX_BYTES:
         model.unlink()
         raise ValueError(f"model is {report.size_bytes / 1e6:.1f} MB; a bundled model must stay under 20 MB")
-    card = model_card(report.metadata, ckpt, command, report.max_abs_diff, report.size_bytes, name)
+    meta = set_default_strength(model, default_strength) if default_strength else report.metadata
+    card = model_card(meta, ckpt, command, report.max_abs_diff, report.size_bytes, name)
     if eval_dir:
         card["evaluation"] = json.loads((Path(eval_dir) / "results.json").read_text())
     model.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
@@ -94,12 +111,22 @@ def main() -> None:
     p.add_argument("--command", default="", help="the training command, recorded in the card")
     p.add_argument("--grid-data", help="FER2013 file whose PublicTest faces go into a sample grid")
     p.add_argument("--grid", default="docs/grid-default.png", help="where the sample grid goes")
+    p.add_argument("--default-strength", metavar="JSON",
+                   help="per-emotion default strengths (a JSON file, emotion -> strength, as benchmarks/believable.py "
+                        "--sweep --choose-json writes it), stored in the model's metadata and card")
+    p.add_argument("--believable", metavar="JSON", help="a benchmarks/believable.py --json file whose summaries go into the card")
     p.add_argument("--discriminator", metavar="FILE",
                    help="also save the checkpoint's D here (.safetensors), for fine-tunes with --init-discriminator")
     args = p.parse_args()
     if args.discriminator and not args.discriminator.endswith(".safetensors"):
         p.error(f"--discriminator must name a .safetensors file, got {args.discriminator}")
-    path = bundle(args.checkpoint, args.eval, args.command, args.name)
+    strengths = json.loads(Path(args.default_strength).read_text()) if args.default_strength else None
+    path = bundle(args.checkpoint, args.eval, args.command, args.name, strengths)
+    if args.believable:
+        results = json.loads(Path(args.believable).read_text())
+        card = json.loads(path.with_suffix(".json").read_text())
+        card["believable"] = {m: {k: v for k, v in r.items() if k != "cases"} for m, r in results.items()}
+        path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     print(f"wrote {path} and {path.with_suffix('.json')}")
     if args.discriminator:
         print(f"wrote {save_discriminator(load_checkpoint(args.checkpoint), args.discriminator)}")

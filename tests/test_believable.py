@@ -59,3 +59,18 @@ def test_the_benchmark_measures_real_edits_and_zero_for_none(photos, tmp_path):
     s0 = json.loads(out.read_text())["warp"]["summary"]
     assert s0["identity"] == pytest.approx(0.0, abs=1e-6) and s0["same_person"] == 100.0
     assert s0["still_move"] == pytest.approx(0.0, abs=1e-3) and s0["shading"] == 0.0
+
+
+def test_default_strength_is_the_most_recognised_that_stays_believable():
+    def run(strength, recognised, same, still, shading):
+        cases = [believable.Case("p.jpg", i, "as shot", t, i < recognised, shading, shading / 40, "lighter",
+                                 0.3 if i < same else 0.7, still)
+                 for t in believable.EMOTIONS for i in range(10)]
+        return believable.ModelRun("m", "p", strength, cases)
+
+    runs = {1.0: run(1.0, 3, 10, 2.0, 1.5), 1.5: run(1.5, 6, 10, 2.8, 2.5), 2.0: run(2.0, 8, 9, 3.5, 3.0)}
+    chosen, table = believable.choose_strengths(runs)
+    assert set(chosen.values()) == {1.5}  # 2.0 recognises more but moves the still points too far
+    assert "(fails)" in table
+    chosen, _ = believable.choose_strengths({2.0: runs[2.0]})
+    assert set(chosen.values()) == {2.0}  # nothing holds: the smallest strength tried

@@ -109,3 +109,18 @@ def test_the_bundled_cards_hold_the_default_strengths_their_models_carry():
 def test_bad_default_strengths_are_refused(bad):
     with pytest.raises(ValueError, match="default_strength"):
         ModelMetadata(default_strength=bad).validate()
+
+
+def test_bundle_writes_default_strengths_into_the_model_file(tiny_onnx, tmp_path):
+    pytest.importorskip("onnx")
+    import shutil
+
+    from fexsdk.export.bundle import set_default_strength
+
+    model = tmp_path / "m.onnx"
+    shutil.copy(tiny_onnx, model)
+    set_default_strength(model, {"surprise": 1.5, "happy": 0.8})
+    assert fexsdk.Transfer(model).meta.default_strength == {"surprise": 1.5, "happy": 0.8}
+    with pytest.raises(ValueError, match="default_strength"):
+        set_default_strength(model, {"joy": 1.0})
+    assert fexsdk.Transfer(model).meta.default_strength == {"surprise": 1.5, "happy": 0.8}  # a refusal writes nothing
