@@ -4,16 +4,11 @@ Importing the package needs only numpy (and OpenCV/onnxruntime for the runtime);
 PyTorch is needed for training and export only.
 """
 
-from pathlib import Path as _Path
-
-from fexsdk import _layers
 from fexsdk._version import __version__
 from fexsdk.emotions import ALIASES, EMOTIONS, canonical_name, emotion_index
 
 __all__ = ["ALIASES", "EMOTIONS", "FaceRecord", "Transfer", "TransferResult", "__version__", "canonical_name",
            "emotion_index"]
-
-_layers.install(_Path(__file__).resolve().parent)
 
 
 def __getattr__(name: str):

@@ -5,6 +5,10 @@ Layers, bottom to top: ``fexsdk`` (the runtime: numpy, OpenCV, onnxruntime), ``f
 from the layers below it; the runtime learns about the others through entry points
 (:mod:`fexsdk.plugins`). Checked twice: statically, every import statement in each layer's files
 (lazy ones inside functions included), and by importing each layer with the layers above it blocked.
+
+Packaging: the wheel's only top-level package is ``fexsdk``, while ``training/`` and ``export/`` stay
+top-level folders of the repository; no code runs at ``import fexsdk`` to map them (no import hook),
+and nothing reads pyproject.toml at run time: plugins come from installed entry points only.
 """
 
 from __future__ import annotations
@@ -101,6 +105,36 @@ def test_training_registers_the_checkpoint_backend_and_the_commands():
     commands = build_parser()._subparsers._group_actions[0].choices
     assert set(commands) == {"train", "train-classifier", "eval", "export", "apply", "grid", "demo", "serve"}
     assert list(commands)[-4:] == ["apply", "grid", "demo", "serve"]  # the plugins' commands come first
+
+
+def test_layers_are_top_level_folders_and_nothing_maps_them_at_run_time():
+    """training/ and export/ sit beside fexsdk/ (not inside it); importing fexsdk installs no import hook, and
+    neither the import, the CLI parser nor the table of model formats opens pyproject.toml."""
+    for name in ("training", "export"):
+        assert (REPO / name / "__init__.py").is_file() and not (REPO / "fexsdk" / name).exists()
+    assert not (REPO / "fexsdk" / "_layers.py").exists()
+    code = """
+import sys
+opened = []
+
+
+def watch(event, args):
+    if event == "open" and args and isinstance(args[0], (str, bytes)) and str(args[0]).endswith("pyproject.toml"):
+        opened.append(str(args[0]))
+
+
+sys.addaudithook(watch)
+finders = [type(f) for f in sys.meta_path]
+import fexsdk
+assert [type(f) for f in sys.meta_path] == finders, sys.meta_path
+import fexsdk.cli
+from fexsdk import formats
+fexsdk.cli.build_parser()
+assert formats.model_format(".pt") is not None  # from the installed entry point
+assert not opened, opened
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_wheel_installs_only_fexsdk(tmp_path):
