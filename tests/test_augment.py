@@ -1,6 +1,7 @@
 """Classifier-path augmentation and warm starts (``--cls-augment``, ``--init-from``)."""
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -114,10 +115,11 @@ def test_init_from_refuses_another_model_and_resume_together(tmp_path):
         Trainer(_cfg(tmp_path / "w2", init_from=ckpt, resume=True))
 
 
-def test_gpu_warmstart_checkpoint_is_small_and_starts_from_the_ema_generator(tmp_path):
+def test_gpu_warmstart_checkpoint_is_small_and_starts_from_the_ema_generator(tmp_path, monkeypatch):
     """``gpu_data warmstart``: EMA G becomes G, D stays, optimizers go; ``--init-from`` reads it."""
-    from fexsdk.training.gpu_data import warmstart
-    from fexsdk.training.gpu_run import slim_checkpoint
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "experiments"))  # outside the package
+    from gpu_data import warmstart
+    from gpu_run import slim_checkpoint
 
     src = Trainer(_cfg(tmp_path / "src", max_steps=8))
     src.fit()

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,8 +137,9 @@ def test_markdown_table_orders_rows_like_table2():
     assert text.index("| stargan") < text.index("| skip-dropout")
 
 
-def test_table2_budget_table_reads_training_speed(tmp_path):
-    from fexsdk.training.table2 import budget_table, training_speed
+def test_table2_budget_table_reads_training_speed(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "experiments"))  # outside the package
+    from table2 import budget_table, training_speed
 
     run = tmp_path / "stargan"
     run.mkdir()

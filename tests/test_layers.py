@@ -162,6 +162,9 @@ def test_wheel_installs_only_fexsdk(tmp_path):
                  "fexsdk/export/onnx_export.py", "fexsdk/models/default.onnx", "fexsdk/cli.py"):
         assert must in names
     assert not any(n.endswith((".safetensors", ".pt")) for n in names)
+    # The experiment drivers (experiments/: GPU-call scripts, the Table 2 runner) stay in the repository.
+    drivers = ("gpu_run.py", "gpu_run.sh", "gpu_data.py", "table2.py", "_checkout.py")
+    assert not [n for n in names if n.startswith("experiments/") or n.rsplit("/", 1)[-1] in drivers]
     assert "[fexsdk.backends]" in entry_points and "fexsdk.training.torch_backend:register" in entry_points
     assert "fexsdk.training.commands:add_commands" in entry_points and "fexsdk.export.commands:add_commands" in entry_points
 

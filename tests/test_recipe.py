@@ -184,7 +184,7 @@ def test_precision_auto_and_bf16_warning(monkeypatch):
 
 @pytest.mark.slow
 def test_gpu_script_tiny_cpu_run(tmp_path):
-    """training/gpu_run.sh end to end on the CPU with --tiny: packed data, two runs, eval, latency, packed results."""
+    """experiments/gpu_run.sh end to end on the CPU with --tiny: packed data, two runs, eval, latency, packed results."""
     classifier = ROOT / "training" / "weights" / "resnet18_fer2013.safetensors"
     rng = np.random.default_rng(0)
     n_train, n_test = 300, 80
@@ -194,10 +194,10 @@ def test_gpu_script_tiny_cpu_run(tmp_path):
     raw = tmp_path / "fer.npz"
     np.savez(raw, images=images, labels=labels, usage=usage)
     packed = tmp_path / "packed.npz"
-    subprocess.run([sys.executable, "-m", "fexsdk.training.gpu_data", "pack", str(raw), str(packed)], cwd=ROOT, check=True)
+    subprocess.run([sys.executable, "experiments/gpu_data.py", "pack", str(raw), str(packed)], cwd=ROOT, check=True)
     out = tmp_path / "out"
     env = {**os.environ, "WORK": str(tmp_path / "work"), "OMP_NUM_THREADS": "1"}
-    subprocess.run(["bash", "training/gpu_run.sh", str(packed), str(out), "0.1", "--tiny", "--threads", "1",
+    subprocess.run(["bash", "experiments/gpu_run.sh", str(packed), str(out), "0.1", "--tiny", "--threads", "1",
                     "--classifier", str(classifier)], cwd=ROOT, check=True, env=env, capture_output=True)
     parts = sorted(out.glob("gpu.tar.part-*"))
     assert parts and all(p.stat().st_size <= 15 * 2**20 for p in parts)
@@ -218,10 +218,12 @@ def test_gpu_script_tiny_cpu_run(tmp_path):
     assert G.config.upsample == "nearest"
 
 
-def test_gpu_groups_name_known_runs_and_their_flags_parse():
+def test_gpu_groups_name_known_runs_and_their_flags_parse(monkeypatch):
     """Every run of every GPU group exists, and its flags are ones `fex train` accepts (a typo would cost a GPU call)."""
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))  # the experiment scripts, outside the package
+    from gpu_run import GPU_RUNS, GROUPS
+
     from fexsdk.training.commands import _add_train
-    from fexsdk.training.gpu_run import GPU_RUNS, GROUPS
     from fexsdk.training.presets import list_presets
 
     runs = {r.name: r for r in GPU_RUNS}
@@ -238,10 +240,11 @@ def test_gpu_groups_name_known_runs_and_their_flags_parse():
 
 def test_gpu_run_refuses_a_missing_warm_start_before_training(tmp_path, monkeypatch):
     """A finetune group without its carried checkpoint stops at once with the command that makes it."""
-    from fexsdk.training.gpu_run import GROUPS, main
+    monkeypatch.syspath_prepend(str(ROOT / "experiments"))
+    from gpu_run import GROUPS, main
 
     monkeypatch.chdir(tmp_path)  # no .gpudata/ here
-    with pytest.raises(SystemExit, match="gpu_data warmstart"):
+    with pytest.raises(SystemExit, match=r"experiments/gpu_data.py warmstart"):
         main(["--data", "missing.npz", "--out", str(tmp_path / "out"), "--only", GROUPS["finetune"][0]])
     assert not (tmp_path / "out" / "runs").exists()
 

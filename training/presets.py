@@ -249,7 +249,7 @@ def fex_small_warp() -> Preset:
     """fex-small whose generator moves the face's pixels (flow + masked residual) instead of painting them."""
     gen = _fex_generator(32, 3)
     gen.input_skip, gen.output = False, "warp"
-    return Preset("fex-small-warp", "fex-small with a warp head: flow field + masked residual (issue 13)",
+    return Preset("fex-small-warp", "fex-small with a warp head: flow field + masked residual",
                   gen, _fex_loss(), d_conv_dim=32, n_critic=1)
 
 
@@ -258,7 +258,7 @@ def fex_small_flow() -> Preset:
     """fex-small-warp without the painted residual: every change is a smooth movement of the face's pixels."""
     gen = _fex_generator(32, 3)
     gen.input_skip, gen.output, gen.paint = False, "warp", False
-    return Preset("fex-small-flow", "fex-small with a flow-only warp head (no painting; issue 13)",
+    return Preset("fex-small-flow", "fex-small with a flow-only warp head (no painting)",
                   gen, _fex_loss(), d_conv_dim=32, n_critic=1)
 
 
@@ -269,7 +269,7 @@ def fex_small_smoothflow() -> Preset:
     gen.input_skip, gen.output, gen.paint = False, "warp", False
     gen.flow_cell, gen.max_flow = 8, 0.16
     return Preset("fex-small-smoothflow",
-                  "fex-small-flow with the flow on a 6x6 control grid, at most 3.8 px at 48x48 (issue 13)",
+                  "fex-small-flow with the flow on a 6x6 control grid, at most 3.8 px at 48x48",
                   gen, _fex_loss(), d_conv_dim=32, n_critic=1)
 
 
@@ -277,7 +277,7 @@ def fex_small_smoothflow() -> Preset:
 def fex_small_softwarp() -> Preset:
     """fex-small-warp tamed: a fold-free flow of at most 1.9 px at 48x48 on 4-px cells, and a smooth paint mask.
 
-    Tried on the CPU (2026-11-27): after 2,500 updates it still paints black blobs and striped
+    Tried on the CPU: after 2,500 updates it still paints black blobs and striped
     patches that D's classifier reads as the target; kept for longer (GPU) runs, not recommended."""
     gen = _fex_generator(32, 3)
     gen.input_skip, gen.output = False, "warp"
@@ -285,7 +285,7 @@ def fex_small_softwarp() -> Preset:
     loss = _fex_loss()
     loss.lambda_mask_tv = 1.0
     return Preset("fex-small-softwarp",
-                  "fex-small-warp with the flow on 4-px cells (at most 1.9 px at 48x48) and a smooth paint mask (issue 13)",
+                  "fex-small-warp with the flow on 4-px cells (at most 1.9 px at 48x48) and a smooth paint mask",
                   gen, loss, d_conv_dim=32, n_critic=1)
 
 
@@ -299,7 +299,7 @@ def fex_small_fineflow() -> Preset:
     gen.input_skip, gen.output, gen.paint = False, "warp", False
     gen.flow_cell, gen.max_flow = 4, 0.08
     return Preset("fex-small-fineflow",
-                  "fex-small-flow on a 12x12 control grid, at most 1.9 px at 48x48 (issue 13)",
+                  "fex-small-flow on a 12x12 control grid, at most 1.9 px at 48x48",
                   gen, _fex_loss(), d_conv_dim=32, n_critic=1)
 
 

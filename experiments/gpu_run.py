@@ -12,14 +12,14 @@ PyTorch installed. This script needs nothing else from the repository's extras:
 
 Try it on the CPU first with ``--tiny`` (the tiny preset, seconds per run)::
 
-    python -m fexsdk.training.gpu_run --tiny --data ../shared/data/fer2013.npz --out runs/gpu-tiny
+    python experiments/gpu_run.py --tiny --data ../shared/data/fer2013.npz --out runs/gpu-tiny
 
-On the GPU (``bash training/gpu_run.sh`` does this and packs OUT for the trip back)::
+On the GPU (``bash experiments/gpu_run.sh`` does this and packs OUT for the trip back)::
 
-    python -m fexsdk.training.gpu_run --data .gpudata/fer2013_packed.npz --minutes 6 --out $OUT/gpu
+    python experiments/gpu_run.py --data .gpudata/fer2013_packed.npz --minutes 6 --out $OUT/gpu
 
 ``--group levers`` trains the lever sweep instead (lambda_cls, width, depth, batch, the softer warp
-head, each beside fex-small-r1): ``bash training/gpu_run.sh DATA "$OUT" 6 --group levers``.
+head, each beside fex-small-r1): ``bash experiments/gpu_run.sh DATA "$OUT" 6 --group levers``.
 ``--group finetune`` continues one CPU checkpoint (``.gpudata/warmstart.pt``) under several loss weights;
 ``--group finetune-bundled`` fine-tunes the bundled model from its ONNX file (nothing to carry).
 """
@@ -38,6 +38,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import _checkout
+
+_checkout.ensure()  # fexsdk.training from an install, or from this checkout on a bare GPU machine
+
 
 @dataclass
 class Run:
@@ -51,7 +55,7 @@ class Run:
     #: Store the slim checkpoint's weights in fp16 (paper-size generators: 17 MB instead of 34).
     half: bool = False
     #: Warm start (``--init-from``) from this checkpoint, relative to the repository root; make it
-    #: with ``python -m fexsdk.training.gpu_data warmstart`` and carry ``.gpudata`` to the device.
+    #: with ``python experiments/gpu_data.py warmstart`` and carry ``.gpudata`` to the device.
     init_from: str | None = None
 
     def train_flags(self) -> list[str]:
@@ -207,7 +211,7 @@ def markdown(summary: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Train, evaluate and time several runs side by side on one GPU.")
-    p.add_argument("--data", required=True, help="fer2013.npz, or the packed file from `python -m fexsdk.training.gpu_data pack`")
+    p.add_argument("--data", required=True, help="fer2013.npz, or the packed file from `python experiments/gpu_data.py pack`")
     p.add_argument("--classifier", default="training/weights/resnet18_fer2013.safetensors")
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--minutes", type=float, default=6.0, help="training wall-clock per run (all runs at once)")
@@ -232,14 +236,14 @@ def main(argv: list[str] | None = None) -> int:
         runs = [r for r in GPU_RUNS if r.name in names]
         missing = sorted({r.init_from for r in runs if r.init_from and not Path(r.init_from).is_file()})
         if missing:
-            raise SystemExit(f"warm-start checkpoint(s) {missing} not found: make them with `python -m "
-                             "fexsdk.training.gpu_data warmstart CKPT .gpudata/warmstart.pt` and carry .gpudata")
+            raise SystemExit(f"warm-start checkpoint(s) {missing} not found: make them with `python "
+                             "experiments/gpu_data.py warmstart CKPT .gpudata/warmstart.pt` and carry .gpudata")
     minutes = min(a.minutes, 0.15) if a.tiny else a.minutes
     t_start = time.time()
 
     data = Path(a.data)
     if "train_mosaic_0" in np.load(data).files:
-        from fexsdk.training.gpu_data import unpack
+        from gpu_data import unpack
 
         unpacked = a.out / "data" / "fer2013.npz"
         unpack(data, unpacked)

@@ -10,9 +10,9 @@ evaluation on the device scores the exact test images. ``unpack`` writes an ordi
 (which is what was evaluated, and becomes both G and EMA G) and D stay; the live G and the
 optimizer states (three quarters of the file) go, since ``--init-from`` starts fresh optimizers.
 
-    python -m fexsdk.training.gpu_data pack ../shared/data/fer2013.npz .gpudata/fer2013_packed.npz
-    python -m fexsdk.training.gpu_data unpack .gpudata/fer2013_packed.npz /tmp/fer2013.npz
-    python -m fexsdk.training.gpu_data warmstart runs/NAME/last.pt .gpudata/warmstart.pt
+    python experiments/gpu_data.py pack ../shared/data/fer2013.npz .gpudata/fer2013_packed.npz
+    python experiments/gpu_data.py unpack .gpudata/fer2013_packed.npz /tmp/fer2013.npz
+    python experiments/gpu_data.py warmstart runs/NAME/last.pt .gpudata/warmstart.pt
 """
 
 from __future__ import annotations
@@ -82,6 +82,9 @@ def unpack(src: Path, dst: Path) -> None:
 
 def warmstart(src: Path, dst: Path) -> None:
     """Keep what ``--init-from`` reads (configs, EMA G as G, D); drop live G, the optimizers and the RNG state."""
+    import _checkout
+
+    _checkout.ensure()  # fexsdk.training from an install, or from this checkout
     from fexsdk.training.checkpoint import load_checkpoint, save_checkpoint
 
     ckpt = load_checkpoint(src)

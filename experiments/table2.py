@@ -1,6 +1,6 @@
 """Reproduce the report's Table 2: train each of its generators with the same budget, evaluate each.
 
-    python -m fexsdk.training.table2 --data ../shared/data/fer2013.npz --classifier CLS.safetensors \\
+    python experiments/table2.py --data ../shared/data/fer2013.npz --classifier CLS.safetensors \\
         --out runs/table2 --epochs 2 --precision bf16 [--presets stargan skip-dropout] [--resume]
         [--conv-dim 32 --n-res 3]   # the CPU-sized budget
 
@@ -16,10 +16,14 @@ from pathlib import Path
 
 import torch
 
-from fexsdk.training.classifier import load_classifier
-from fexsdk.training.data import load_dataset
-from fexsdk.training.evaluate import TABLE2_ORDER, evaluate, markdown_table, read_results, write_results
-from fexsdk.training.trainer import TrainConfig, Trainer
+import _checkout
+
+_checkout.ensure()  # fexsdk.training from an install, or from this checkout
+
+from fexsdk.training.classifier import load_classifier  # noqa: E402
+from fexsdk.training.data import load_dataset  # noqa: E402
+from fexsdk.training.evaluate import TABLE2_ORDER, evaluate, markdown_table, read_results, write_results  # noqa: E402
+from fexsdk.training.trainer import TrainConfig, Trainer  # noqa: E402
 
 TABLE2_PRESETS = [p for p in TABLE2_ORDER if p != "real"]
 
