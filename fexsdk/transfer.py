@@ -496,17 +496,53 @@ class Transfer:
             raise ValueError(f"strength must be a number in [0, {MAX_STRENGTH:g}] (0 = unchanged, 1 = the model's "
                              f"change, {MAX_STRENGTH:g} = twice it), got {strength}")
 
-    def process(self, image, target: Union[Target, Sequence[Target]], *, faces: Optional[Sequence[FaceSpec]] = None,
+    def _choose(self, image, target, faces) -> tuple[list, list[int], Union[Target, list[Target]], float]:
+        """The faces to change, their ids (left-to-right index among the detected faces, or the box's index),
+        their targets, and the detection milliseconds; see :meth:`apply`'s ``faces`` and ``target``."""
+        per_face = isinstance(target, Mapping) and len(target) > 0 and all(
+            isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in target)
+        if per_face:
+            if faces is not None:
+                raise ValueError("give either faces= or a per-face target {index: emotion}, not both")
+            faces = sorted(int(k) for k in target)
+        picks = faces is None or isinstance(faces, str) or (
+            isinstance(faces, (Sequence, np.ndarray)) and len(faces) > 0
+            and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in faces))
+        if not picks:  # boxes or Face objects given: no detection
+            if isinstance(faces, (bytes, Face)) or not isinstance(faces, (Sequence, np.ndarray)):
+                raise ValueError(f"faces must be a list of (x, y, w, h) boxes or Face objects, \"largest\" or a list of "
+                                 f"face indices (left to right), got {faces!r}")
+            return list(faces), list(range(len(faces))), target, 0.0
+        if isinstance(faces, str) and faces != "largest":
+            raise ValueError(f"faces must be \"largest\", a list of face indices (left to right) or of boxes, got {faces!r}")
+        t0 = time.perf_counter()
+        detected = sorted(self.detector.detect(image), key=lambda f: f.center[0])  # numbered left to right
+        detect_ms = 1000.0 * (time.perf_counter() - t0)
+        if faces is None:
+            ids = list(range(len(detected)))
+        elif faces == "largest":
+            ids = [max(range(len(detected)), key=lambda i: detected[i].box[2] * detected[i].box[3])] if detected else []
+        else:
+            ids = sorted({int(i) for i in faces})
+            bad = [i for i in ids if not 0 <= i < len(detected)]
+            if bad:
+                raise ValueError(f"face index {bad[0]} is out of range: {len(detected)} face(s) found, numbered 0 to "
+                                 f"{len(detected) - 1} from left to right")
+        return [detected[i] for i in ids], ids, ([target[i] for i in ids] if per_face else target), detect_ms
+
+    def process(self, image, target: Union[Target, Sequence[Target], Mapping[int, Target]], *,
+                faces: Union[Sequence[FaceSpec], Sequence[int], str, None] = None,
                 seed: Seeds = None, strength: Optional[float] = None, dropout: bool = True) -> TransferResult:
         """Like :meth:`apply`, returning a :class:`TransferResult` with the face records and stage timings."""
         image = load_image(image)
-        self._check_call(target, seed, strength)
-        if faces is not None and (isinstance(faces, (str, bytes, Face)) or not isinstance(faces, (Sequence, np.ndarray))):
-            raise ValueError(f"faces must be a list of (x, y, w, h) boxes or Face objects, got {faces!r}")
-        t0 = time.perf_counter()
-        found = self.detector.detect(image) if faces is None else faces
-        detect_ms = 1000.0 * (time.perf_counter() - t0) if faces is None else 0.0
-        records = self.frame(image, found)
+        if isinstance(target, Mapping) and target and all(isinstance(k, (int, np.integer)) for k in target):
+            for t in target.values():  # a per-face target: each face's own
+                check_target(t)
+            self._check_call(next(iter(target.values())), seed, strength)
+        else:
+            self._check_call(target, seed, strength)
+        found, ids, target, detect_ms = self._choose(image, target, faces)
+        records = self.frame(image, found, face_ids=ids)
         if not records:  # no face: the image comes back unchanged (a copy)
             return TransferResult(image.copy(), [], [], timings={"detect": detect_ms})
         for r in records:
@@ -515,6 +551,11 @@ class Transfer:
         targets = per_face_targets(target, len(records))  # one per face, so skipped faces can be left out
         self.mark_unsuitable(records)
         edit = [i for i, r in enumerate(records) if r.skipped is None]
+        if seed is not None and not isinstance(seed, (int, np.integer, np.random.SeedSequence)):
+            seeds = list(seed)  # one per face of the call: the edited faces keep theirs
+            if len(seeds) != len(records):
+                raise ValueError(f"got {len(seeds)} seeds for {len(records)} faces; give one seed, or exactly one per face")
+            seed = [seeds[i] for i in edit]
         self.generate_faces([records[i] for i in edit], [targets[i] for i in edit], seed=seed, dropout=dropout)
         for r in records:
             if r.skipped is not None:
@@ -524,16 +565,20 @@ class Transfer:
         return TransferResult(out, [r.face for r in records], [r.box for r in records],
                               np.stack([r.crop for r in records]), np.stack([r.output for r in records]), records, timings)
 
-    def apply(self, image, target: Union[Target, Sequence[Target]], *, faces: Optional[Sequence[FaceSpec]] = None,
+    def apply(self, image, target: Union[Target, Sequence[Target], Mapping[int, Target]], *,
+              faces: Union[Sequence[FaceSpec], Sequence[int], str, None] = None,
               seed: Seeds = None, strength: Optional[float] = None, dropout: bool = True, return_faces: bool = False):
         """Change the expression of every face in ``image``; returns a new image of the same shape and dtype.
 
         Args:
             image: BGR uint8 HxWx3 (OpenCV's convention), gray HxW or BGRA HxWx4, or a path to an image file.
             target: an emotion name or alias ("surprise", "joy"), an index, a dict of intensities
-                ({"happy": 0.7}), or a list with one of those per face.
-            faces: (x, y, w, h) boxes or Face objects to use instead of running the detector; they are
-                framed like the configured detector's boxes (YuNet's, the default's: see fexsdk.crops).
+                ({"happy": 0.7}), a list with one of those per face, or a target per face by its index
+                ({0: "happy", 2: "sad"}: faces numbered left to right; faces not named stay as they are).
+            faces: which faces to change: None (all the detector finds), "largest", a list of indices
+                (left to right, e.g. [0, 2]), or (x, y, w, h) boxes or Face objects to use instead of running the
+                detector (framed like the configured detector's boxes: see fexsdk.crops). Faces not chosen stay
+                bit-identical; a chosen face keeps the noise it has when all faces are changed.
             seed: fixes the test-time dropout noise (same seed, same output): an int gives face i the
                 stream (seed, i) (:func:`fexsdk.noise.noise_for`, as ``fex demo`` and ``fex eval`` do), a list
                 gives face i the noise of face 0 under its own seed; None draws new noise each call.
