@@ -25,7 +25,7 @@ finer grid around the IoU optimum (this is what the generator sees, so it decide
 
     python benchmarks/detectors.py --data ../shared/data/fer2013.npz --models ../shared/models
 
-``--compare`` instead measures what the README's detector table shows: Haar and
+``--compare`` instead measures what the "Face detectors" table of docs/benchmarks.md shows: Haar and
 the bundled YuNet (at detector input sizes 640, 800 and 960, the default, and at
 the frame's own size) on PublicTest faces placed on 640x480 and 1280x720 frames
 (recall), false positives on face-free images (scikit-image's sample photos and

@@ -62,8 +62,8 @@ DETECTOR_CHOICES = (
 # box for a face is about the FER2013 square, so 32 lets 40-px faces through).
 _HAAR_MIN_FACE = 32
 # YuNet: frames whose longer side is over this are shrunk to it before detection. Measured by
-# `benchmarks/detectors.py --compare` (README, "Face detectors"): on 1280x720 frames, 96-px faces are found
-# 78% of the time at 960 (57 ms), 48% at 640 (22 ms), 83% at full size (98 ms); 640x480 runs as it is.
+# `benchmarks/detectors.py --compare` (docs/benchmarks.md, "Face detectors"): on 1280x720 frames, 96-px faces
+# are found 78% of the time at 960 (57 ms), 48% at 640 (22 ms), 83% at full size (98 ms); 640x480 runs as it is.
 _YUNET_INPUT_SIZE = 960
 # YuNet: boxes whose longer side is under this many pixels of the original image are dropped: such
 # faces are far below the generator's 48x48 input, and most false positives are small.
@@ -236,8 +236,9 @@ class YuNetDetector:
     grows with the shrink: faces from about 70 px of the shrunk copy are reliable, so at
     the default 960 a 1280x720 frame (shrunk 0.75x) finds 96-px faces about 4 times in 5
     and 48-px ones rarely, and a 4000x3000 photo finds faces from about 300 px (the
-    README's "Face detectors" table). ``input_size=None`` always runs at the frame's own
-    size; a smaller ``input_size`` is faster and misses more small faces.
+    "Face detectors" table of docs/benchmarks.md; details in docs/detectors.md).
+    ``input_size=None`` always runs at the frame's own size; a smaller ``input_size``
+    is faster and misses more small faces.
 
     Faces are then left alone when they are unlikely or tiny: a box scoring under
     ``score_threshold`` (0.8) or whose longer side is under ``min_face`` pixels of the

@@ -505,7 +505,8 @@ def _textures() -> list[np.ndarray]:
         import skimage.data
     except ImportError:
         return out
-    # Not "text": stretched to 1280x720 it gets one frame-sized box scoring 0.84 (the README's table counts it).
+    # Not "text": stretched to 1280x720 it gets one frame-sized box scoring 0.84 (the "Face detectors" table of
+    # docs/benchmarks.md counts it).
     for name in ("brick", "grass", "gravel", "coffee", "rocket"):
         im = np.asarray(getattr(skimage.data, name)())
         im = cv2.cvtColor(im, cv2.COLOR_GRAY2BGR) if im.ndim == 2 else cv2.cvtColor(im, cv2.COLOR_RGB2BGR)
