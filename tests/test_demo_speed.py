@@ -44,6 +44,9 @@ class ScriptedTransfer:
     def crop(self, image, records):
         return records
 
+    def mark_unsuitable(self, records):
+        return records
+
     def generate_faces(self, records, target, seed=None):
         return records
 
