@@ -115,6 +115,17 @@ def _detector_help() -> str:
             "path or an SSD .pb path")
 
 
+def _faces_choice(text: str):
+    """``--faces``: all (None), largest, or comma-separated indices (faces numbered left to right)."""
+    text = text.strip()
+    if text in ("all", "largest"):
+        return None if text == "all" else text
+    parts = [p.strip() for p in text.split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"expected all, largest or face indices such as 0,2 (left to right), got {text!r}")
+    return [int(p) for p in parts]
+
+
 def _add_runtime(sub: argparse._SubParsersAction) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--model", help=_model_help())
@@ -130,7 +141,10 @@ def _add_runtime(sub: argparse._SubParsersAction) -> None:
                    help="image file (8-bit, 16-bit or float; gray, BGR or with alpha; EXIF orientation applied), "
                         "or several, a folder or a glob such as 'photos/*.jpg': then -o is a folder")
     a.add_argument("-e", "--emotion", required=True,
-                   help="target emotion: name, alias or index 0-6; or intensities name=0.7,name=0.3 (each in [0, 1], sum <= 1)")
+                   help="target emotion: name, alias or index 0-6; or intensities name=0.7,name=0.3 (each in [0, 1], sum <= 1); "
+                        "or one per face, faces numbered left to right: 0:happy,2:sad (faces not named stay as they are)")
+    a.add_argument("--faces", type=_faces_choice, default=None, metavar="WHICH",
+                   help="which faces to change: all (default), largest, or indices left to right such as 0,2")
     a.add_argument("-o", "--output", required=True,
                    help="image file to write, its extension naming the format (.png, .jpg); for several inputs, a "
                         "folder (created if missing) that gets one image per input, with the input's name")
@@ -211,7 +225,8 @@ def _run_apply(args: argparse.Namespace) -> int:
         try:
             # A truncated file is not processed: its lower part would be grey.
             image = to_uint8(read_image(src, truncated="error"), str(src))
-            image, faces = tr.apply(image, target, seed=args.seed, strength=args.strength, return_faces=True)
+            image, faces = tr.apply(image, target, faces=args.faces, seed=args.seed, strength=args.strength,
+                                    return_faces=True)
         except (ValueError, FileNotFoundError) as exc:
             if len(jobs) == 1:
                 raise  # one image: refused with an error (exit 2), as every bad input is

@@ -114,7 +114,8 @@ def target_vector(target: Target) -> np.ndarray:
 def parse_target(text: str) -> Target:
     """A target as typed: ``fex apply -e``, the ``emotion`` field of ``fex serve``; checked.
 
-    ``"surprise"`` or an alias -> the name as given; ``"3"`` -> 3; ``"happy=0.7,surprise=0.3"`` (or the JSON
+    ``"surprise"`` or an alias -> the name as given; ``"3"`` -> 3; ``"0:happy,2:sad"`` -> a target per face by its
+    left-to-right index ({0: "happy", 2: "sad"}); ``"happy=0.7,surprise=0.3"`` (or the JSON
     object ``{"happy": 0.7, "surprise": 0.3}``, as a JSON request body carries it) -> that dict. A ValueError
     says what is wrong: nothing given, a part that is not ``name=number``, an emotion given twice
     (``happy=0.2,happy=0.9``), or what :func:`target_vector` refuses.
@@ -123,6 +124,16 @@ def parse_target(text: str) -> Target:
         raise ValueError("no emotion: give a name (e.g. happy, or an alias such as joy), an index 0-6, "
                          "or intensities such as happy=0.7,surprise=0.3")
     text = str(text).strip()
+    if ":" in text and not text.startswith("{"):  # a target per face: 0:happy,2:sad
+        per_face: dict[int, Target] = {}
+        for part in text.split(","):
+            index, _, name = part.partition(":")
+            if not index.strip().isdigit() or not name.strip():
+                raise ValueError(f"bad per-face emotions {text!r}: {part.strip()!r} is not index:emotion (e.g. 0:happy,2:sad)")
+            if int(index) in per_face:
+                raise ValueError(f"face {int(index)} is given twice in {text!r}; give each face once")
+            per_face[int(index)] = parse_target(name)
+        return per_face
     if text.startswith("{"):
         pairs = _json_pairs(text)
     elif "=" in text:

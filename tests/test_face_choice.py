@@ -61,3 +61,27 @@ def test_bad_choices_are_refused(tr, trio, kwargs, message):
     target = kwargs.pop("target", "happy")
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         tr.apply(trio, target, seed=0, **kwargs)
+
+
+def test_cli_faces_and_per_face_emotions(trio, tmp_path):
+    from fexsdk.cli import main
+
+    src = tmp_path / "trio.png"
+    cv2.imwrite(str(src), trio)
+    assert main(["apply", str(src), "-e", "surprise", "--faces", "0,2", "--model", "warp", "-o", str(tmp_path / "a.png")]) == 0
+    assert main(["apply", str(src), "-e", "0:happy,2:sad", "--model", "warp", "-o", str(tmp_path / "b.png")]) == 0
+    a, b = cv2.imread(str(tmp_path / "a.png")), cv2.imread(str(tmp_path / "b.png"))
+    tr = fexsdk.Transfer("warp")
+    assert np.array_equal(a, tr.apply(trio, "surprise", faces=[0, 2], seed=0))
+    assert np.array_equal(b, tr.apply(trio, {0: "happy", 2: "sad"}, seed=0))
+    assert np.array_equal(b[:, 300:720], trio[:, 300:720])
+
+
+@pytest.mark.parametrize("text, message", [("0:happy,0:sad", "face 0 is given twice"), ("x:happy", "is not index:emotion"),
+                                           ("0:joyful", "unknown emotion 'joyful'")])
+def test_per_face_emotion_text_is_checked(text, message):
+    from fexsdk.emotions import parse_target
+
+    with pytest.raises(ValueError, match=message):
+        parse_target(text)
+    assert parse_target("0:happy, 2:sad") == {0: "happy", 2: "sad"}
