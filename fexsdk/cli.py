@@ -282,7 +282,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="live expression transfer on a webcam or a video file",
                        description="Change the expression of every face in a webcam or video, live. Window keys: "
                                    "1-7 emotion, n/p next/previous, s save a frame, space original/transfer, q/Esc quit. "
-                                   "With --output or --headless no window is opened. Ctrl-C or SIGTERM stops after the "
+                                   "With --output, --stream, --virtual-camera or --headless no window is opened. Ctrl-C or SIGTERM stops after the "
                                    "current frame and finishes the output file (it plays), then exits 130 or 143.")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--camera", type=_int_range(0), metavar="INDEX", help="webcam index (default: 0 when no --input)")
@@ -292,6 +292,24 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                         "input's frame rate and with its audio: .mp4/.mov H.264 (crf 18), .mkv lossless FFV1, "
                         ".avi MJPEG, .webm VP9; other suffixes through OpenCV (mp4v, no audio)")
     p.add_argument("--headless", action="store_true", help="no window (with no --output: process and print statistics)")
+    p.add_argument("--stream", metavar="URL",
+                   help="send the result as a live stream, no window (OBS reads it as a media source): through the "
+                        "bundled ffmpeg, H.264 (ultrafast, zerolatency, a key frame every 0.5 s) in MPEG-TS to "
+                        "udp://HOST:PORT, tcp://, srt://, rist://, rtp://, or in FLV to rtmp://, rtmps://; "
+                        "combines with --output")
+    p.add_argument("--virtual-camera", nargs="?", const=True, default=False, metavar="DEVICE",
+                   help="send the result to a virtual camera (video calls, OBS), no window: needs pyvirtualcam "
+                        '(pip install "fexsdk[vcam]") and v4l2loopback on Linux or OBS Virtual Camera on '
+                        "Windows/macOS; DEVICE picks one (e.g. /dev/video10)")
+    realtime = p.add_mutually_exclusive_group()
+    realtime.add_argument("--realtime", action="store_true", default=None,
+                          help="read a video file at its frame rate, as a camera would give it (default when "
+                               "streaming or on a virtual camera)")
+    realtime.add_argument("--no-realtime", dest="realtime", action="store_false",
+                          help="read a video file as fast as it is processed, also when streaming")
+    p.add_argument("--stats", metavar="FILE",
+                   help="write the run's statistics as JSON: latency from capture to output (p50, p95, max, mean "
+                        "ms), the FPS held, frames, stage timings")
     overlay = p.add_mutually_exclusive_group()
     overlay.add_argument("--overlay", action="store_true", default=None,
                          help="draw the emotion, FPS and timings into the written video too (default: window only)")
@@ -335,6 +353,13 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from fexsdk.video import DemoConfig, run_demo
 
+    if args.stats is not None:
+        folder = Path(args.stats).parent
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--stats {args.stats}: folder does not exist: {folder}")
+        if Path(args.stats).is_dir():
+            raise ValueError(f"--stats {args.stats} is a folder; give a file name such as stats.json")
+    vcam = args.virtual_camera
     cfg = DemoConfig(
         camera=args.camera, input=args.input, output=args.output, headless=args.headless, overlay=args.overlay,
         model=args.model, detector=args.detector, device=args.device, threads=args.threads, blend=args.blend,
@@ -342,17 +367,30 @@ def _run_demo(args: argparse.Namespace) -> int:
         detect_every=args.detect_every, detect_size=args.detect_size, detect_thread=args.detect_thread,
         smoothing=args.smoothing, velocity=args.velocity, drop_after=args.drop_after,
         max_frames=args.max_frames, fourcc=args.fourcc, save_dir=args.save_dir, open_timeout=args.timeout,
-        read_timeout=args.timeout, align=not args.no_align,
+        read_timeout=args.timeout, align=not args.no_align, stream=args.stream, virtual_camera=bool(vcam),
+        virtual_camera_device=vcam if isinstance(vcam, str) else None, realtime=args.realtime,
     )
     stats = run_demo(cfg)
     t = stats.timings_ms
     print(f"{stats.frames} frames ({stats.reason}) in {stats.seconds:.1f} s, {stats.fps:.1f} fps; "
           f"{stats.tracks} face track(s); detect {t.get('detect', 0):.1f} ms, generate {t.get('generate', 0):.1f} ms, "
           f"paste {t.get('paste', 0):.1f} ms")
+    lat = stats.latency_summary()
+    if lat["p50"] is not None:
+        paced = f" (paced at the source's {stats.source_fps:g} fps)" if stats.realtime and stats.source_fps else ""
+        print(f"latency capture to output: p50 {lat['p50']:.1f} ms, p95 {lat['p95']:.1f} ms, max {lat['max']:.1f} ms; "
+              f"held {stats.fps:.1f} fps{paced}")
     if stats.dropped:
         print(f"dropped {stats.dropped} stale camera frame(s) to keep up")
     if stats.output:
         print(f"wrote {stats.output} ({stats.written} frames)")
+    if stats.stream:
+        print(f"streamed {stats.streamed} frames to {stats.stream}")
+    if stats.virtual_camera:
+        print(f"sent {stats.camera_frames} frames to the virtual camera {stats.virtual_camera}")
+    if args.stats is not None:
+        stats.write_json(args.stats)
+        print(f"wrote statistics to {args.stats}")
     if stats.stopped_by_signal:
         what = "Ctrl-C (SIGINT)" if stats.reason == "interrupted" else "SIGTERM"
         done = f"; {stats.output} is finished and playable ({stats.written} frames written)" if stats.output else ""

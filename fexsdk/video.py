@@ -3,6 +3,7 @@ or headless; tracking lives in :mod:`fexsdk.tracking`, reading and writing in :m
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -25,10 +26,15 @@ from fexsdk.capture import (  # noqa: F401
     Frame,
     FrameReader,
     FrameTimeout,
+    StreamSink,
     VideoSink,
     VideoSourceError,
+    VirtualCameraSink,
+    VirtualCameraUnavailable,
     _check_output_path,
     _is_url,
+    _pyvirtualcam_camera,
+    check_stream_url,
     open_video_sink,
 )
 from fexsdk.emotions import EMOTIONS, emotion_index
@@ -48,6 +54,7 @@ __all__ = [
     "Track",
     "VideoSink",
     "VideoSourceError",
+    "VirtualCameraUnavailable",
     "box_iou",
     "gui_support",
     "run_demo",
@@ -177,6 +184,12 @@ class DemoConfig:
     runs detection in a thread of its own, overlapping the generation and paste-back of the frames
     that follow; its faces reach the tracks on the next detection frame (``detect_every`` frames
     later, corrected for the lag), so the output depends on the frames only, never on timing.
+
+    Live outputs, each of which (like ``output``) means no window: ``stream`` sends the frames as a live
+    stream through ffmpeg (``udp://HOST:PORT`` MPEG-TS, ``srt://``, ``rtmp://``, ...;
+    :class:`fexsdk.capture.StreamSink`); ``virtual_camera`` sends them to a virtual camera through pyvirtualcam
+    (``virtual_camera_device`` picks one; :class:`fexsdk.capture.VirtualCameraSink`). ``realtime`` paces a
+    video file at its frame rate, as a camera would give it (None: when streaming or on a virtual camera).
     """
 
     camera: Optional[int] = None
@@ -209,6 +222,10 @@ class DemoConfig:
     window: str = "fex demo"
     quiet: bool = False
     progress: bool = True
+    stream: Optional[str] = None
+    virtual_camera: bool = False
+    virtual_camera_device: Optional[str] = None
+    realtime: Optional[bool] = None
 
     @property
     def source(self) -> Union[int, str]:
@@ -218,7 +235,12 @@ class DemoConfig:
 
     @property
     def show_window(self) -> bool:
-        return not self.headless and self.output is None
+        return not self.headless and self.output is None and self.stream is None and not self.virtual_camera
+
+    @property
+    def live_output(self) -> bool:
+        """Whether frames go out live: a stream or a virtual camera."""
+        return self.stream is not None or bool(self.virtual_camera)
 
     def validate(self) -> None:
         if self.input is not None and self.camera is not None:
@@ -262,6 +284,14 @@ class DemoConfig:
             raise ValueError(f"overlay must be True, False or None (window only), got {self.overlay!r}")
         if self.fourcc is not None and len(self.fourcc) != 4:
             raise ValueError(f"a codec (fourcc) has 4 characters, e.g. mp4v, MJPG, FFV1; got {self.fourcc!r}")
+        if self.stream is not None:
+            check_stream_url(self.stream)
+        if not isinstance(self.virtual_camera, bool):
+            raise ValueError(f"virtual_camera must be True or False, got {self.virtual_camera!r}")
+        if self.virtual_camera_device is not None and not self.virtual_camera:
+            raise ValueError("virtual_camera_device is given but virtual_camera is off")
+        if self.realtime is not None and not isinstance(self.realtime, bool):
+            raise ValueError(f"realtime must be True, False or None (when streaming), got {self.realtime!r}")
 
 
 def _same_file(a: Union[str, os.PathLike], b: Union[str, os.PathLike]) -> bool:
@@ -297,10 +327,53 @@ class DemoStats:
     #: Mean milliseconds per call of each stage: detect (frames where it ran), generate and paste (frames with faces).
     timings_ms: dict[str, float] = field(default_factory=dict)
     saved: list[str] = field(default_factory=list)
+    #: The live outputs: the stream's URL and the frames sent to it; the virtual camera and its frames.
+    stream: Optional[str] = None
+    streamed: int = 0
+    virtual_camera: Optional[str] = None
+    camera_frames: int = 0
+    #: The source's frame rate (None where it does not say) and whether a video file was paced at it.
+    source_fps: Optional[float] = None
+    realtime: bool = False
+    #: Seconds from each frame's capture to its output (every output written, the window shown): for a
+    #: camera or stream from when its reader took the frame, for a video file (read ahead) from when
+    #: the loop took it. ffmpeg's encoding and the network come after.
+    latencies: list[float] = field(default_factory=list, repr=False)
 
     @property
     def fps(self) -> float:
+        """The frame rate held over the run (frames over the seconds from the first read to the last output)."""
         return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    def latency_ms(self, q: float) -> Optional[float]:
+        """The ``q``-th percentile (0-100) of the per-frame latency from capture to output, in ms (None: no frames)."""
+        if not self.latencies:
+            return None
+        return 1000.0 * float(np.percentile(np.asarray(self.latencies), q))
+
+    def latency_summary(self) -> dict[str, Optional[float]]:
+        """p50, p95, max and mean of the capture-to-output latency, in ms (None: no frames)."""
+        if not self.latencies:
+            return {"p50": None, "p95": None, "max": None, "mean": None}
+        ms = 1000.0 * np.asarray(self.latencies)
+        return {"p50": round(float(np.percentile(ms, 50)), 3), "p95": round(float(np.percentile(ms, 95)), 3),
+                "max": round(float(ms.max()), 3), "mean": round(float(ms.mean()), 3)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """What ``fex demo --stats FILE`` writes (JSON): counts, timings, latency p50/p95 and the FPS held."""
+        return {
+            "frames": self.frames, "seconds": round(self.seconds, 4), "fps": round(self.fps, 3),
+            "source_fps": self.source_fps, "realtime": self.realtime, "reason": self.reason,
+            "latency_ms": self.latency_summary(),
+            "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+            "read": self.read, "dropped": self.dropped, "detections": self.detections, "tracks": self.tracks,
+            "output": self.output, "written": self.written, "codec": self.codec, "audio": self.audio,
+            "stream": self.stream, "streamed": self.streamed,
+            "virtual_camera": self.virtual_camera, "camera_frames": self.camera_frames,
+        }
+
+    def write_json(self, path: Union[str, os.PathLike]) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
     @property
     def stopped_by_signal(self) -> bool:
@@ -377,16 +450,19 @@ class DemoLoop:
     (:meth:`close`; call it after :meth:`process` yourself).
     ``transfer`` (a :class:`fexsdk.Transfer`) is built from the config when not
     given; ``display`` (anything with ``show(frame) -> key``, ``closed()`` and
-    ``close()``) replaces the OpenCV window, e.g. in tests.
+    ``close()``) replaces the OpenCV window, e.g. in tests; ``camera_class`` replaces
+    ``pyvirtualcam.Camera`` for ``virtual_camera``.
     """
 
     def __init__(self, config: DemoConfig, transfer: Any = None, display: Any = None,
-                 reader: Optional[FrameReader] = None) -> None:
+                 reader: Optional[FrameReader] = None, camera_class: Optional[Callable[..., Any]] = None) -> None:
         config.validate()
         self.config = config
         self.transfer = transfer
         self.display = display
         self.reader = reader
+        #: Replaces pyvirtualcam.Camera for ``virtual_camera`` (tests): see :class:`fexsdk.capture.VirtualCameraSink`.
+        self.camera_class = camera_class
         self.tracker = FaceTracker(config.iou_threshold, config.smoothing, config.drop_after, config.velocity)
         self.emotion = _emotion(config.emotion)
         self.show_original = False
@@ -595,35 +671,57 @@ class DemoLoop:
     def run(self) -> DemoStats:
         """Read the source to its end (or ``max_frames``, a quit key, SIGINT or SIGTERM); returns what was done.
 
-        Fails fast, in this order: a window that cannot be shown (:class:`GuiUnavailable`),
-        a source that cannot be opened (FileNotFoundError, ValueError, :class:`VideoSourceError`),
-        the model, the output file. A signal ends the loop after the frame in hand; the output
-        is then closed as at the end of the stream, so it plays (reason "interrupted"/"terminated").
+        Fails fast, in this order: a window that cannot be shown (:class:`GuiUnavailable`), a virtual
+        camera without pyvirtualcam (:class:`VirtualCameraUnavailable`), a source that cannot be opened
+        (FileNotFoundError, ValueError, :class:`VideoSourceError`), the model, the output file, the stream,
+        the virtual camera device. A signal ends the loop after the frame in hand; the outputs are then
+        closed as at the end of the stream, so the file plays (reason "interrupted"/"terminated").
+
+        Each frame goes to the window, the file, the stream and the virtual camera; its latency (capture to
+        the last of these) is kept in :attr:`DemoStats.latencies`. With ``realtime`` (by default when
+        streaming or on a virtual camera) a video file is read at its frame rate, as a camera gives frames.
         """
         c = self.config
-        stats = DemoStats(output=c.output)
+        stats = DemoStats(output=c.output, stream=c.stream)
         display = self.display
         if display is None and c.show_window:
             display = CvWindow(c.window)
+        if c.virtual_camera and self.camera_class is None:
+            _pyvirtualcam_camera()  # pyvirtualcam is there, or say what to install before any work
         reader = self.reader or FrameReader(c.source, open_timeout=c.open_timeout)
         sink: Optional[Union[FfmpegSink, VideoSink]] = None
+        streamer: Optional[StreamSink] = None
+        camera: Optional[VirtualCameraSink] = None
         signals = _StopOnSignals()
         start = time.perf_counter()
+        latencies = stats.latencies
         try:
             if not reader.started:
                 reader.start()
             self.load_transfer()
             signals.__enter__()
+            fps, size = reader.fps or 30.0, reader.size or (640, 480)
+            stats.source_fps = reader.fps
             if c.output is not None:
-                sink = open_video_sink(c.output, reader.fps or 30.0, reader.size or (640, 480), fourcc=c.fourcc,
-                                       audio_from=self._audio_source(reader))
+                sink = open_video_sink(c.output, fps, size, fourcc=c.fourcc, audio_from=self._audio_source(reader))
                 stats.codec, stats.audio = sink.codec, sink.audio
                 if sink.warning:
                     self._log(f"fex demo: warning: {sink.warning}", error=True)
                 self._log(f"writing {c.output} at {sink.fps:g} fps: {sink.codec}; audio: {sink.audio}")
+            if c.stream is not None:
+                streamer = StreamSink(c.stream, fps, size)
+                self._log(f"streaming to {c.stream} at {streamer.fps:g} fps: {streamer.codec}")
+            if c.virtual_camera:
+                camera = VirtualCameraSink(size, fps, device=c.virtual_camera_device, camera_class=self.camera_class)
+                stats.virtual_camera = camera.device
+                self._log(f"sending to the virtual camera {camera.describe()}")
             if display is not None:
                 self._log(KEY_HELP)
+            outputs = [o for o in (sink, streamer, camera) if o is not None]
             file_overlay, window_overlay = self.overlay_in("file"), self.overlay_in("window")
+            realtime = (c.live_output if c.realtime is None else c.realtime) and not reader.live
+            stats.realtime = realtime
+            interval = 1.0 / fps
             self._bar = self._progress_bar(reader)
             start = time.perf_counter()
             stats.reason = "end of stream"
@@ -634,24 +732,32 @@ class DemoLoop:
                 if c.max_frames is not None and stats.frames >= c.max_frames:
                     stats.reason = "max frames"
                     break
+                if realtime:  # a file at its own pace, as a camera would give it (not counted as latency)
+                    wait = start + stats.frames * interval - time.perf_counter()
+                    if wait > 0:
+                        time.sleep(wait)
                 frame = reader.read(timeout=c.read_timeout)
                 if frame is None:
                     break
+                captured = frame.time if reader.live else time.perf_counter()
                 clean = self.transform(frame.image)
                 stats.frames += 1
-                marked = self.with_overlay(clean) if (file_overlay and sink) or (window_overlay and display) else clean
-                if sink is not None:
-                    sink.write(marked if file_overlay else clean)
+                marked = self.with_overlay(clean) if (file_overlay and outputs) or (window_overlay and display) else clean
+                for out in outputs:
+                    out.write(marked if file_overlay else clean)
                 if self._bar is not None:
                     self._bar.update(1)
                 if display is not None:
                     key = display.show(marked if window_overlay else clean)
+                    latencies.append(time.perf_counter() - captured)
                     if not self.handle_key(key):
                         stats.reason = "quit"
                         break
                     if display.closed():
                         stats.reason = "window closed"
                         break
+                else:
+                    latencies.append(time.perf_counter() - captured)
         except KeyboardInterrupt:
             stats.reason = signals.reason or "interrupted"
         finally:
@@ -662,13 +768,23 @@ class DemoLoop:
             reader.stop()
             self.close()
             try:
-                if sink is not None:
-                    stats.written = sink.frames
-                    sink.close()
+                if camera is not None:
+                    stats.camera_frames = camera.frames
+                    camera.close()
             finally:
-                signals.__exit__(None, None, None)
-                if display is not None:
-                    display.close()
+                try:
+                    if streamer is not None:
+                        stats.streamed = streamer.frames
+                        streamer.close()
+                finally:
+                    try:
+                        if sink is not None:
+                            stats.written = sink.frames
+                            sink.close()
+                    finally:
+                        signals.__exit__(None, None, None)
+                        if display is not None:
+                            display.close()
         stats.read = reader.frames_read
         stats.dropped = reader.frames_dropped
         if not reader.live:
@@ -683,6 +799,7 @@ class DemoLoop:
         return stats
 
 
-def run_demo(config: DemoConfig, transfer: Any = None, display: Any = None) -> DemoStats:
+def run_demo(config: DemoConfig, transfer: Any = None, display: Any = None,
+             camera_class: Optional[Callable[..., Any]] = None) -> DemoStats:
     """Run ``fex demo`` with ``config``; see :class:`DemoLoop`."""
-    return DemoLoop(config, transfer=transfer, display=display).run()
+    return DemoLoop(config, transfer=transfer, display=display, camera_class=camera_class).run()
