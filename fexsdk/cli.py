@@ -406,7 +406,9 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="HTTP service on Ray Serve, batching faces across requests (needs the [serve] extra)",
                        description="Start fexsdk as an HTTP service on a local Ray instance and print its URL. Endpoints: "
-                                   "POST /apply, /apply.json, /generate; GET /healthz, /model, /stats. For a cluster, "
+                                   "POST /apply, /apply.json, /generate, /live; GET / (a page: photos, webcam), /healthz, /model, "
+                                   "/models, /stats. Listens on 127.0.0.1; another --host needs --token (or "
+                                   "FEX_TOKEN) or --no-auth. For a cluster, "
                                    "deploy serve.yaml with `serve deploy` instead.")
     p.add_argument("--model", help=_model_help())
     p.add_argument("--replicas", type=_POSITIVE, default=1, help="replicas (processes), each with its own model")
@@ -420,6 +422,10 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--detector", help=_detector_help())
     p.add_argument("--threads", type=_POSITIVE, help="onnxruntime CPU threads per replica")
     p.add_argument("--num-cpus", type=_POSITIVE, help="CPUs Ray may use (default: all)")
+    p.add_argument("--token", help="every route (the page, the API, the live channel) needs this token (8+ characters; "
+                                   "default: the FEX_TOKEN environment variable); required on a non-loopback --host")
+    p.add_argument("--no-auth", action="store_true",
+                   help="serve a non-loopback --host without a token (anyone who reaches it can use the service)")
     p.set_defaults(func=_run_serve)
 
 
@@ -430,8 +436,10 @@ def _run_serve(args: argparse.Namespace) -> int:
     if args.replicas < 1:
         raise ValueError(f"--replicas must be >= 1, got {args.replicas}")
     options = {"model": args.model, "device": args.device, "detector": args.detector, "threads": args.threads,
-               "max_batch_size": args.max_batch, "batch_wait_s": args.batch_wait_ms / 1000.0}
-    run_local(options, replicas=args.replicas, host=args.host, port=args.port, num_cpus=args.num_cpus)
+               "max_batch_size": args.max_batch, "batch_wait_s": args.batch_wait_ms / 1000.0,
+               "token": args.token or os.environ.get("FEX_TOKEN") or None}
+    run_local(options, replicas=args.replicas, host=args.host, port=args.port, num_cpus=args.num_cpus,
+              no_auth=args.no_auth)
     return 0
 
 

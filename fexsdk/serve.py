@@ -14,7 +14,18 @@ Endpoints (one deployment, :class:`FexService`; each replica owns one :class:`~f
   side), with ``emotion`` (one target for all) or ``targets`` (a JSON list, one per crop) and
   ``seed``. Returns the outputs in the same format.
 - ``GET /healthz``, ``GET /model`` (the model's metadata and card), ``GET /stats`` (this
-  replica's counters, among them the largest generator batch).
+  replica's counters, among them the largest generator batch), ``GET /models`` (the models a request's
+  ``model`` field may name: the served one and the bundled ones).
+- ``GET /``: the page (fexsdk/web: photo mode, live webcam mode, model picker), and its ``/app.js`` and
+  ``/style.css``.
+- ``POST /live``: one webcam frame (JPEG or PNG body) for the page's live mode, answered like ``/apply``
+  (plus ``X-Server-Ms``); each client (by address) is held to ``live_max_fps`` frames a second and
+  ``live_max_pixels`` / ``live_max_bytes`` per frame (429 / 413 beyond them).
+
+Auth: with a ``token`` every route (the page, its files, the API and ``/live``) needs it: an
+``Authorization: Bearer <token>`` header, a ``token`` query parameter, or the ``fex_token`` cookie that the
+page's first load with ``?token=`` sets (HttpOnly, SameSite=Strict); anything else gets 401.
+:func:`run_local` refuses a non-loopback host without a token unless ``no_auth`` is given.
 
 Batching: Transfer does everything but the generator call in a worker thread, exactly as
 ``Transfer.apply`` does (same detector, crops, per-face noise drawn from the seed, paste-back);
@@ -32,13 +43,16 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import hmac
 import io
+import ipaddress
 import json
 import re
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
@@ -78,6 +92,12 @@ class ServeOptions:
     max_pixels: int = 40_000_000
     max_crops: int = 1024
     jpeg_quality: int = 95
+    #: Every route needs this token when set (see the module's docstring); None: no auth.
+    token: Optional[str] = field(default=None, repr=False)
+    #: The page's live channel (POST /live), per client address: frames a second, and pixels and bytes a frame.
+    live_max_fps: float = 30.0
+    live_max_pixels: int = 1280 * 720
+    live_max_bytes: int = 2_000_000
 
     @classmethod
     def from_args(cls, args: Optional[Mapping[str, Any]]) -> "ServeOptions":
@@ -95,7 +115,86 @@ class ServeOptions:
             opts.workers = max(4, min(int(opts.max_batch_size), 64))
         if int(opts.workers) < 1:
             raise ValueError(f"workers must be >= 1, got {opts.workers}")
+        if opts.token is not None:
+            check_token(opts.token)
+        if not float(opts.live_max_fps) > 0:
+            raise ValueError(f"live_max_fps must be > 0, got {opts.live_max_fps}")
+        if int(opts.live_max_pixels) < 1 or int(opts.live_max_bytes) < 1:
+            raise ValueError("live_max_pixels and live_max_bytes must be >= 1")
         return opts
+
+
+MIN_TOKEN_LENGTH = 8
+TOKEN_COOKIE = "fex_token"
+
+
+def check_token(token: str) -> None:
+    """A token must be at least 8 printable ASCII characters without spaces (it travels in a header, a query
+    string and a cookie); ValueError otherwise."""
+    if not isinstance(token, str) or len(token) < MIN_TOKEN_LENGTH:
+        raise ValueError(f"the token must be at least {MIN_TOKEN_LENGTH} characters long")
+    if not all(33 <= ord(c) <= 126 for c in token) or any(c in token for c in ';,"\\'):
+        raise ValueError("the token may hold printable ASCII characters only: no spaces, quotes, commas, "
+                         "semicolons or backslashes")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    host = (host or "").strip().strip("[]")
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_exposure(host: str, token: Optional[str], no_auth: bool = False) -> None:
+    """Refuse to listen on a non-loopback address without a token, unless ``no_auth`` says so explicitly."""
+    if token and no_auth:
+        raise ValueError("--no-auth and a token (--token or FEX_TOKEN) contradict each other: give one of them")
+    if token or no_auth or is_loopback(host):
+        return
+    raise ValueError(f"--host {host} is not a loopback address: anyone who reaches it could use the service. "
+                     "Give a token (--token T or the FEX_TOKEN environment variable), or --no-auth to serve "
+                     "without one")
+
+
+class RateLimiter:
+    """Per-client token buckets: ``rate`` requests a second, bursts of up to ``burst`` (default: one second's)."""
+
+    def __init__(self, rate: float, burst: Optional[float] = None, max_clients: int = 4096) -> None:
+        self.rate = float(rate)
+        self.burst = max(1.0, float(burst if burst is not None else rate))
+        self.max_clients = int(max_clients)
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def wait_s(self, key: str, now: Optional[float] = None) -> float:
+        """0.0 when the request may go (and it is counted), else the seconds until it could."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            tokens, last = self._buckets.get(key, (self.burst, now))
+            tokens = min(self.burst, tokens + max(0.0, now - last) * self.rate)
+            if len(self._buckets) >= self.max_clients and key not in self._buckets:
+                full = now - self.burst / self.rate  # clients whose bucket has refilled are as good as new
+                self._buckets = {k: v for k, v in self._buckets.items() if v[1] > full}
+            if tokens >= 1.0:
+                self._buckets[key] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[key] = (tokens, now)
+            return (1.0 - tokens) / self.rate
+
+
+#: The page and its files (fexsdk/web), by path.
+STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
+                "/index.html": ("index.html", "text/html; charset=utf-8"),
+                "/app.js": ("app.js", "text/javascript; charset=utf-8"),
+                "/style.css": ("style.css", "text/css; charset=utf-8")}
+#: The page loads nothing from elsewhere, and no other site may frame it.
+PAGE_CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob: mediastream:; "
+            "script-src 'self'; style-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+            "form-action 'none'")
 
 
 class HTTPError(Exception):
@@ -238,18 +337,28 @@ def _parse_strength(text: Optional[str]) -> Optional[float]:
     return value
 
 
-def _parse_faces(value: Any) -> Optional[list]:
-    if value is None or (isinstance(value, str) and not value.strip()):
+def _parse_faces(value: Any):
+    """The ``faces`` field: JSON boxes ``[[x, y, w, h], ...]``, face indices ``[0, 2]`` (left to right, as
+    ``Transfer.apply`` numbers them), ``"largest"``, or ``"all"`` / nothing (every face found)."""
+    if value is None or (isinstance(value, str) and value.strip() in ("", "all")):
         return None
+    if isinstance(value, str) and value.strip() == "largest":
+        return "largest"
+    expected = 'expected JSON [[x, y, w, h], ...], face indices such as [0, 2] (left to right), "largest" or "all"'
     if isinstance(value, (str, bytes)):
         try:
             value = json.loads(value)
         except ValueError:
-            raise HTTPError(400, f"bad faces {value!r}: expected JSON [[x, y, w, h], ...]") from None
+            raise HTTPError(400, f"bad faces {value!r}: {expected}") from None
+    if (isinstance(value, list) and value
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in value)):
+        if any(i < 0 for i in value):
+            raise HTTPError(400, f"bad faces {value!r}: face indices are >= 0 (0 is the leftmost face)")
+        return value
     if not isinstance(value, list) or not all(
             isinstance(b, list) and len(b) == 4 and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in b)
             for b in value):
-        raise HTTPError(400, f"bad faces {value!r}: expected JSON [[x, y, w, h], ...]")
+        raise HTTPError(400, f"bad faces {value!r}: {expected}")
     for b in value:
         if not (b[2] > 0 and b[3] > 0):
             raise HTTPError(400, f"bad faces: box {b} needs a positive width and height")
@@ -394,6 +503,20 @@ class FexService:
         self._worker_transfer = self.transfer.clone(backend=shared_backend)
         self._workers = ThreadPoolExecutor(int(o.workers), thread_name_prefix="fex-worker")
         self._generator = ThreadPoolExecutor(1, thread_name_prefix="fex-generator")
+        # The page's model picker: the served model, or a bundled one opened on first use (no batching across
+        # requests for those; a Transfer may be shared by threads).
+        from fexsdk.transfer import bundled_models
+
+        if o.model is None:
+            self.model_name = "default"
+        elif str(o.model) in bundled_models():
+            self.model_name = str(o.model)
+        else:
+            self.model_name = self.model_path.name
+        self._others: dict[str, Any] = {}
+        self._others_lock = threading.Lock()
+        self._live_limit = RateLimiter(float(o.live_max_fps))
+        self.stats.update({"live_frames": 0, "live_refused": 0, "unauthorized": 0})
 
     # -- batching --------------------------------------------------------------
     def _count(self, n: int) -> None:
@@ -446,25 +569,63 @@ class FexService:
             "batching": {"max_batch_size": self.opts.max_batch_size, "batch_wait_s": self.opts.batch_wait_s,
                          "across_requests": self._batched is not None},
             "limits": {"max_body_bytes": self.opts.max_body_bytes, "max_pixels": self.opts.max_pixels,
-                       "max_crops": self.opts.max_crops},
+                       "max_crops": self.opts.max_crops, "live_max_fps": self.opts.live_max_fps,
+                       "live_max_pixels": self.opts.live_max_pixels, "live_max_bytes": self.opts.live_max_bytes},
+            "models": self.model_names(),
+            "auth": bool(self.opts.token),
         }
 
-    def _apply_sync(self, image: np.ndarray, target, faces, seed, strength):
-        return self._worker_transfer.apply(image, target, faces=faces, seed=seed, strength=strength, return_faces=True)
+    def model_names(self) -> list[str]:
+        """What a request's ``model`` field may name: the served model first, then the other bundled ones."""
+        from fexsdk.transfer import bundled_models
+
+        return [self.model_name] + [m for m in bundled_models() if m != self.model_name]
+
+    def _check_model_name(self, name: Optional[str]) -> Optional[str]:
+        """None for the served model, else a bundled model's name; HTTPError 400 for any other."""
+        if name is None or not str(name).strip() or str(name).strip() == self.model_name:
+            return None
+        name = str(name).strip()
+        if name not in self.model_names():  # bundled names only: a request never names a file
+            raise HTTPError(400, f"unknown model {name!r}; this service has: {', '.join(self.model_names())}")
+        return name
+
+    def _transfer_for(self, name: Optional[str]):
+        if name is None:
+            return self._worker_transfer
+        with self._others_lock:
+            tr = self._others.get(name)
+            if tr is None:
+                from fexsdk.transfer import Transfer
+
+                o = self.opts
+                tr = Transfer(name, device=o.device, detector=o.detector, blend=o.blend, threads=o.threads)
+                self._others[name] = tr
+            return tr
+
+    def _apply_sync(self, image: np.ndarray, target, faces, seed, strength, model: Optional[str] = None):
+        return self._transfer_for(model).apply(image, target, faces=faces, seed=seed, strength=strength,
+                                               return_faces=True)
 
     def _generate_sync(self, crops: np.ndarray, targets, seed):
         return self._worker_transfer.generate(crops, targets, seed=seed)
 
-    async def _apply(self, req: ParsedRequest, as_json: bool) -> Reply:
-        image, fmt = decode_image(req.data, self.opts.max_pixels)
+    async def _apply(self, req: ParsedRequest, as_json: bool, max_pixels: Optional[int] = None) -> Reply:
+        t0 = time.perf_counter()
+        image, fmt = decode_image(req.data, max_pixels or self.opts.max_pixels)
         f = req.fields
         target = _parse_emotion(f.get("emotion"))
         seed = _parse_seed(f.get("seed"))
         strength = _parse_strength(f.get("strength"))
         faces = _parse_faces(f.get("faces"))
-        out, found = await self._in_worker(self._apply_sync, image, target, faces, seed, strength)
+        model = self._check_model_name(f.get("model"))
+        out, found = await self._in_worker(self._apply_sync, image, target, faces, seed, strength, model)
         boxes = [[round(float(v), 2) for v in face.box] for face in found]
         encoded = encode_image(out, fmt, self.opts.jpeg_quality)
+        if max_pixels is not None:  # the live channel: the server's own time, for the page's latency split
+            return Reply(200, encoded, "image/png" if fmt == "png" else "image/jpeg",
+                         {"X-Faces": json.dumps(boxes), "X-Face-Count": str(len(found)),
+                          "X-Server-Ms": f"{1000.0 * (time.perf_counter() - t0):.1f}", "Cache-Control": "no-store"})
         if as_json:
             return _json_reply({"format": fmt, "image": base64.b64encode(encoded).decode("ascii"),
                                 "faces": [{"box": b, "score": round(float(face.score), 4)} for b, face in zip(boxes, found)]})
@@ -536,29 +697,105 @@ class FexService:
                  else np.concatenate([c.transpose(1, 2, 0) for c in flat], axis=1))
         return Reply(200, encode_image(strip, "png"), "image/png", {"X-Crop-Count": str(out.shape[0])})
 
-    async def handle(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str],
-                     body: bytes) -> Reply:
-        """Answer one HTTP request (no Ray needed): every refusal is a 4xx naming the problem."""
+    # -- auth and the page -------------------------------------------------------
+    def _token_given(self, query: Mapping[str, str], headers: Mapping[str, str]) -> tuple[Optional[str], str]:
+        """The token a request carries and where: an Authorization header, a ``token`` query parameter, or the
+        page's cookie."""
+        auth = headers.get("authorization", "")
+        if auth[:7].lower() == "bearer ":
+            return auth[7:].strip(), "header"
+        if query.get("token"):
+            return str(query["token"]), "query"
+        from http.cookies import CookieError, SimpleCookie
+
+        cookie = SimpleCookie()
+        try:
+            cookie.load(headers.get("cookie", ""))
+        except CookieError:
+            return None, ""
+        if TOKEN_COOKIE in cookie:
+            return cookie[TOKEN_COOKIE].value, "cookie"
+        return None, ""
+
+    def check_auth(self, path: str, query: Mapping[str, str], headers: Mapping[str, str]
+                   ) -> tuple[Optional[Reply], Optional[str]]:
+        """(a 401 reply or None, a Set-Cookie value or None). ``headers`` with lower-case names."""
+        if not self.opts.token:
+            return None, None
         path = "/" + path.strip("/")
-        routes = {"/healthz": ("GET",), "/model": ("GET",), "/stats": ("GET",),
-                  "/apply": ("POST",), "/apply.json": ("POST",), "/generate": ("POST",)}
+        given, where = self._token_given(query, headers)
+        if given is None or not hmac.compare_digest(given.encode("utf-8", "replace"), self.opts.token.encode("utf-8")):
+            return self._unauthorized(path, given), None
+        if where == "query" and path in ("/", "/index.html"):  # the page keeps it: its files and calls send it
+            return None, f"{TOKEN_COOKIE}={self.opts.token}; Path=/; HttpOnly; SameSite=Strict"
+        return None, None
+
+    def _unauthorized(self, path: str, given: Optional[str]) -> Reply:
+        with self._stats_lock:
+            self.stats["unauthorized"] += 1
+        why = "a wrong token" if given else "no token"
+        message = (f"unauthorized: the request has {why}; this service needs its token, as 'Authorization: Bearer "
+                   "<token>', a token query parameter, or (for the page) open it once as /?token=<token>")
+        headers = {"WWW-Authenticate": 'Bearer realm="fexsdk"', "Cache-Control": "no-store"}
+        if path in ("/", "/index.html"):  # a person in a browser: a page that says what to do
+            import html
+
+            body = (f"<!doctype html><meta charset=utf-8><title>fexsdk: token needed</title>"
+                    f"<p>{html.escape(message)}</p>").encode("utf-8")
+            return Reply(401, body, "text/html", headers)
+        reply = _error_reply(401, message)
+        reply.headers.update(headers)
+        return reply
+
+    def _static(self, path: str) -> Reply:
+        name, media_type = STATIC_FILES[path]
+        body = (Path(__file__).parent / "web" / name).read_bytes()
+        headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+        if name == "index.html":
+            headers.update({"Content-Security-Policy": PAGE_CSP, "X-Frame-Options": "DENY",
+                            "Referrer-Policy": "no-referrer"})
+        return Reply(200, body, media_type, headers)
+
+    async def handle(self, method: str, path: str, query: Mapping[str, str], headers: Mapping[str, str],
+                     body: bytes, client: str = "") -> Reply:
+        """Answer one HTTP request (no Ray needed): every refusal is a 4xx naming the problem. ``client`` (the
+        peer's address) keys the live channel's frame-rate limit."""
+        path = "/" + path.strip("/")
+        headers = {k.lower(): v for k, v in headers.items()}
+        query = dict(query)
+        refused, set_cookie = self.check_auth(path, query, headers)
+        if refused is not None:
+            return refused
+        query.pop("token", None)
+        routes = {"/healthz": ("GET",), "/model": ("GET",), "/models": ("GET",), "/stats": ("GET",),
+                  "/apply": ("POST",), "/apply.json": ("POST",), "/generate": ("POST",), "/live": ("POST",),
+                  **{p: ("GET",) for p in STATIC_FILES}}
         if path not in routes:
             return _error_reply(404, f"no endpoint {path}; endpoints: {', '.join(sorted(routes))}")
         if method.upper() not in routes[path] and not (method.upper() == "HEAD" and "GET" in routes[path]):
             return _error_reply(405, f"{path} takes {' or '.join(routes[path])}, not {method.upper()}")
+        if path in STATIC_FILES:
+            reply = self._static(path)
+            if set_cookie:
+                reply.headers["Set-Cookie"] = set_cookie
+            return reply
         if path == "/healthz":
             return _json_reply({"status": "ok"})
         if path == "/model":
             return _json_reply(self.model_info())
+        if path == "/models":
+            return _json_reply({"models": self.model_names(), "default": self.model_name})
         if path == "/stats":
             with self._stats_lock:
                 return _json_reply(dict(self.stats))
         with self._stats_lock:
             self.stats["requests"] += 1
         try:
+            if path == "/live":
+                return await self._live(query, headers, body, client)
             if len(body) > self.opts.max_body_bytes:
                 raise HTTPError(413, f"request too large: {len(body):,} bytes; the limit is {self.opts.max_body_bytes:,}")
-            ctype = {k.lower(): v for k, v in headers.items()}.get("content-type", "")
+            ctype = headers.get("content-type", "")
             field = "crops" if path == "/generate" else "image"
             req = parse_request(body, ctype, query, field)
             if path == "/generate":
@@ -566,10 +803,36 @@ class FexService:
             return await self._apply(req, as_json=path == "/apply.json")
         except HTTPError as exc:
             self._error()
-            return _error_reply(exc.status, exc.message)
+            reply = _error_reply(exc.status, exc.message)
+            if exc.status == 429:
+                reply.headers["Retry-After"] = "1"
+            return reply
         except ValueError as exc:  # fexsdk's own checks (face boxes, targets, strength): the request's fault
             self._error()
             return _error_reply(400, str(exc))
+
+    async def _live(self, query: Mapping[str, str], headers: Mapping[str, str], body: bytes, client: str) -> Reply:
+        """One frame of the page's live mode: the client's frame-rate and frame-size limits, then /apply."""
+        o = self.opts
+        wait = self._live_limit.wait_s(client or "?")
+        if wait > 0:
+            with self._stats_lock:
+                self.stats["live_refused"] += 1
+            raise HTTPError(429, f"too many frames: the live channel takes at most {o.live_max_fps:g} frames a second "
+                                 f"per client; send the next in {1000 * wait:.0f} ms")
+        if len(body) > o.live_max_bytes:
+            raise HTTPError(413, f"frame too large: {len(body):,} bytes; the live channel takes at most "
+                                 f"{o.live_max_bytes:,} bytes a frame")
+        if body:
+            dims = image_dimensions(body)
+            if dims is not None and dims[0] * dims[1] > o.live_max_pixels:
+                raise HTTPError(413, f"frame too large: {dims[0]}x{dims[1]} is {dims[0] * dims[1]:,} pixels; the live "
+                                     f"channel takes at most {o.live_max_pixels:,} pixels a frame")
+        req = parse_request(body, headers.get("content-type", ""), query, "image")
+        reply = await self._apply(req, as_json=False, max_pixels=min(o.live_max_pixels, o.max_pixels))
+        with self._stats_lock:
+            self.stats["live_frames"] += 1
+        return reply
 
     def _error(self) -> None:
         with self._stats_lock:
@@ -577,20 +840,27 @@ class FexService:
 
     async def __call__(self, request):
         """Ray Serve's entry point: a Starlette request in, a Starlette response out."""
-        from starlette.responses import Response
+        from starlette.responses import RedirectResponse, Response
 
+        path = request.url.path
+        root = request.scope.get("root_path") or ""  # the app's route_prefix, when it is not "/"
+        if root.strip("/") and path.startswith(root):
+            path = path[len(root):]
+        if root.strip("/") and path == "" and request.method.upper() in ("GET", "HEAD"):
+            # /prefix -> /prefix/, so that the page's relative links (app.js, apply.json) stay under the prefix
+            target = root.rstrip("/") + "/" + (f"?{request.url.query}" if request.url.query else "")
+            return RedirectResponse(target, status_code=307)
         length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > self.opts.max_body_bytes:
-            reply = _error_reply(413, f"request too large: {int(length):,} bytes; the limit is {self.opts.max_body_bytes:,}")
+        limit = max(self.opts.max_body_bytes, self.opts.live_max_bytes)
+        query = dict(request.query_params)
+        if length and length.isdigit() and int(length) > limit:  # refused unread (after the token check)
+            refused, _ = self.check_auth(path, query, {k.lower(): v for k, v in request.headers.items()})
+            reply = refused or _error_reply(413, f"request too large: {int(length):,} bytes; the limit is {limit:,}")
         else:
             body = await request.body()
-            path = request.url.path
-            root = request.scope.get("root_path") or ""  # the app's route_prefix, when it is not "/"
-            if root.strip("/") and path.startswith(root):
-                path = path[len(root):]
             try:
-                reply = await self.handle(request.method, path, dict(request.query_params),
-                                          dict(request.headers), body)
+                reply = await self.handle(request.method, path, query, dict(request.headers), body,
+                                          client=request.client.host if request.client else "")
             except Exception as exc:  # a bug, not the client's fault: say so and keep serving
                 self._error()
                 reply = _error_reply(500, f"internal error: {type(exc).__name__}: {exc}")
@@ -672,11 +942,15 @@ def check_model(model: Optional[str]) -> None:
 
 
 def run_local(args: Mapping[str, Any], *, replicas: int = 1, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-              num_cpus: Optional[int] = None, blocking: bool = True) -> str:
-    """Start Ray locally, deploy the app and return its URL (``fex serve``); with ``blocking`` wait for Ctrl-C."""
+              num_cpus: Optional[int] = None, blocking: bool = True, no_auth: bool = False) -> str:
+    """Start Ray locally, deploy the app and return its URL (``fex serve``); with ``blocking`` wait for Ctrl-C.
+
+    A ``host`` other than a loopback address needs ``args["token"]``, or ``no_auth=True`` said explicitly.
+    """
+    opts = ServeOptions.from_args(args)
+    check_exposure(host, opts.token, no_auth)
     ray = require("ray", "serve", "fex serve")
     serve = require("ray.serve", "serve", "fex serve")
-    opts = ServeOptions.from_args(args)
     check_model(opts.model)
     if replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
@@ -714,7 +988,10 @@ def run_local(args: Mapping[str, Any], *, replicas: int = 1, host: str = "127.0.
         signal.signal(signal.SIGTERM, _stop)
 
         print(f"fexsdk serving on {url} ({replicas} replica(s), max batch {opts.max_batch_size} faces); "
-              f"POST {url}/apply, Ctrl-C stops", flush=True)
+              f"the page: {url}/{'?token=<your token>' if opts.token else ''}; POST {url}/apply; Ctrl-C stops"
+              + ("; every route needs the token" if opts.token else
+                 "; NO AUTH: anyone who reaches this address can use it" if not is_loopback(host) else ""),
+              flush=True)
         try:
             while True:
                 time.sleep(3600)
