@@ -312,7 +312,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                         "ms), the FPS held, frames, stage timings")
     overlay = p.add_mutually_exclusive_group()
     overlay.add_argument("--overlay", action="store_true", default=None,
-                         help="draw the emotion, FPS and timings into the written video too (default: window only)")
+                         help="draw the emotion, FPS and timings into the written video, stream and virtual camera too "
+                              "(default: window only)")
     overlay.add_argument("--no-overlay", dest="overlay", action="store_false",
                          help="do not draw them in the window either")
     p.add_argument("--no-align", action="store_true", help="do not turn tilted faces upright by their eye landmarks")
