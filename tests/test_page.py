@@ -218,10 +218,11 @@ def face_clip(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def driver(face_clip, tmp_path_factory):
+def driver(request, tmp_path_factory):
     if not (CHROMIUM and CHROMEDRIVER):
         pytest.skip("no chromium/chromedriver: apt-get install -y chromium chromium-driver")
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (the dev extra)")
+    face_clip = request.getfixturevalue("face_clip")
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
@@ -264,7 +265,8 @@ def after_src(drv) -> str:
 
 def test_photo_mode(driver, server, ref):
     """Pick a photo: the result appears, differs from the photo, and is Transfer.apply's (seed 0, happy, the
-    model's strength); both faces are outlined, and clicking one leaves it out."""
+    model's strength); both faces are outlined, clicking one leaves it out, a face takes its own emotion, and
+    the model picker switches to the bundled warp model."""
     from selenium.webdriver.common.by import By
 
     open_page(driver, server + "/")
@@ -282,6 +284,18 @@ def test_photo_mode(driver, server, ref):
     wait_for(driver, lambda d: after_src(d) not in ("", first), "the result without face 0")
     assert np.array_equal(decode(from_data_url(after_src(driver))), ref.apply(image, "happy", faces=[1], seed=0))
     assert "excluded" in driver.find_elements(By.CSS_SELECTOR, "#boxes rect")[0].get_attribute("class")
+    # face 1 gets an emotion of its own (sent as emotion=1:sad), then the model picker takes the bundled warp
+    from selenium.webdriver.support.ui import Select
+
+    second = after_src(driver)
+    Select(driver.find_element(By.CSS_SELECTOR, "select[aria-label='emotion of face 1']")).select_by_value("sad")
+    wait_for(driver, lambda d: after_src(d) not in ("", second), "the result with face 1 sad")
+    assert np.array_equal(decode(from_data_url(after_src(driver))), ref.apply(image, {1: "sad"}, seed=0))
+    third = after_src(driver)
+    Select(driver.find_element(By.ID, "model")).select_by_value("warp")
+    wait_for(driver, lambda d: after_src(d) not in ("", third), "the result from the warp model")
+    warp = Transfer("warp", device="cpu", threads=1)
+    assert np.array_equal(decode(from_data_url(after_src(driver))), warp.apply(image, {1: "sad"}, seed=0))
 
 
 def test_bad_upload_shows_the_services_message(driver, server, tmp_path):
