@@ -324,6 +324,21 @@ def fex_small_believable() -> Preset:
 
 
 @register_preset
+def fex_small_believable_flow() -> Preset:
+    """fex-small-believable without paint, and a stronger pull to the target: every change is moved pixels.
+
+    With paint, a classification weight of 5 drew black blobs (an "o" mouth for surprise, arcs over the eyes)
+    that the paint penalties did not stop; a flow-only head cannot paint them."""
+    p = fex_small_believable()
+    p.name = "fex-small-believable-flow"
+    p.description = "fex-small-believable without paint (flow only), lambda_cls 4"
+    p.generator.paint = False
+    p.loss.lambda_cls = 4.0
+    p.loss.lambda_paint = p.loss.lambda_shading = p.loss.lambda_mask = p.loss.lambda_mask_tv = 0.0
+    return p
+
+
+@register_preset
 def tiny() -> Preset:
     """A few thousand parameters: for tests and smoke runs, not for results."""
     return Preset(
