@@ -9,7 +9,7 @@
   const state = {
     emotions: [], models: [], liveFps: 30,
     file: null, beforeUrl: null, faces: null, included: [], faceEmotion: [],
-    busy: false, again: false, timer: null, requestId: 0,
+    busy: false, again: false, timer: null,
     live: null,
   };
 
@@ -188,13 +188,15 @@
     state.busy = true;
     state.again = false;
     $("busy").hidden = false;
-    const id = ++state.requestId;
+    const file = state.file;
     const form = new FormData();
     form.append("image", state.file, state.file.name || "photo");
     for (const [k, v] of Object.entries(fields(true))) form.append(k, v);
     try {
       const resp = await fetch("apply.json", {method: "POST", body: form, credentials: "same-origin", cache: "no-store"});
-      if (!resp.ok) {
+      if (state.file !== file) {  // another photo was picked meanwhile: this answer is not for it
+        state.again = true;
+      } else if (!resp.ok) {
         showError(await errorText(resp, `The photo was not changed`), "photo");
         $("after").hidden = true;
         $("download").hidden = true;
@@ -210,7 +212,6 @@
       $("busy").hidden = true;
       if (state.again) runPhoto();
     }
-    return id;
   }
 
   function showResult(obj) {
