@@ -50,6 +50,7 @@ if HERE not in sys.path:
 
 from fexsdk.capture import open_video_sink  # noqa: E402
 from fexsdk.faces import YuNetDetector  # noqa: E402
+from fexsdk.options import TransferOptions  # noqa: E402
 from fexsdk.transfer import DEFAULT_MODEL, Transfer  # noqa: E402
 from fexsdk.video import DemoConfig, run_demo  # noqa: E402
 
@@ -118,7 +119,7 @@ def one_run(clip: Path, out: Optional[Path], transfer: Transfer, settings: dict[
     """``fex demo --input clip [--output out] --headless`` with ``settings``; FPS, stage times and CPU per frame."""
     cfg = DemoConfig(input=str(clip), output=None if out is None else str(out), headless=True, overlay=False,
                      quiet=True, progress=False, detect_every=detect_every,
-                     **{k: v for k, v in settings.items() if k in ("detect_size", "detect_thread")})
+                     transfer=TransferOptions(detect_size=settings["detect_size"]), detect_thread=settings["detect_thread"])
     cpu0, kids0 = time.process_time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     stats = run_demo(cfg, transfer=transfer)
     cpu1, kids1 = time.process_time(), resource.getrusage(resource.RUSAGE_CHILDREN)

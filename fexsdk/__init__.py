@@ -7,7 +7,7 @@ PyTorch is needed for training and export only.
 from fexsdk._version import __version__
 from fexsdk.emotions import ALIASES, EMOTIONS, canonical_name, emotion_index
 
-__all__ = ["ALIASES", "EMOTIONS", "FaceRecord", "Transfer", "TransferResult", "__version__", "canonical_name",
+__all__ = ["ALIASES", "EMOTIONS", "FaceRecord", "Transfer", "TransferOptions", "TransferResult", "__version__", "canonical_name",
            "emotion_index"]
 
 
@@ -17,4 +17,8 @@ def __getattr__(name: str):
         from fexsdk import transfer
 
         return getattr(transfer, name)
+    if name == "TransferOptions":
+        from fexsdk.options import TransferOptions
+
+        return TransferOptions
     raise AttributeError(f"module 'fexsdk' has no attribute {name!r}")

@@ -7,7 +7,6 @@ are added by ``fexsdk.training.commands`` and ``fexsdk.export.commands`` (see :m
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -15,53 +14,18 @@ from pathlib import Path
 
 from fexsdk import plugins
 from fexsdk._extras import require
+from fexsdk.options import DEMO_TRANSFER, TransferOptions, add_transfer_arguments, float_range, int_range
 
 
-def _int_range(low: int, high: int | None = None):
-    """argparse type: an integer in [low, high]; the error names the option (argparse adds it)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low or (high is not None and value > high):
-            want = f">= {low}" if high is None else f"from {low} to {high}"
-            raise argparse.ArgumentTypeError(f"must be an integer {want}, got {value}")
-        return value
-    return parse
-
-
-def _float_range(low: float, high: float = math.inf, low_open: bool = False, high_open: bool = False):
-    """argparse type: a finite number in the interval (brackets as given)."""
-    lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
-    span = f"> {low:g}" if high == math.inf and low_open else f">= {low:g}" if high == math.inf else f"in {lo}{low:g}, {high:g}{hi}"
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        ok = math.isfinite(value) and (value > low if low_open else value >= low) and \
-            (value < high if high_open else value <= high)
-        if not ok:
-            raise argparse.ArgumentTypeError(f"must be a number {span}, got {text}")
-        return value
-    return parse
-
-
-def _detect_size(text: str) -> int | None:
-    """argparse type of --detect-size: 0 (None: the detector's own size) or an integer >= 32."""
-    value = _int_range(0)(text)
-    if 0 < value < 32:
-        raise argparse.ArgumentTypeError(f"must be 0 (the detector's own size) or an integer >= 32, got {value}")
-    return value or None
+# The argument types live with the transfer options' flags (fexsdk.options), which every subcommand shares.
+_int_range, _float_range = int_range, float_range
 
 
 _SEED = _int_range(0)
 _POSITIVE = _int_range(1)
 _PORT = _int_range(1, 65535)
 # For the commands other packages add (fexsdk.plugins): the same argument types and checks.
-int_range, float_range, SEED, POSITIVE = _int_range, _float_range, _SEED, _POSITIVE
+SEED, POSITIVE = _SEED, _POSITIVE
 
 
 def _check_out_folder(out: str | None, option: str = "--out") -> None:
@@ -102,19 +66,6 @@ def _check_image_output(output: str, inputs: Sequence[str] = ()) -> None:
             raise ValueError(f"output {path} is the input image; writing it would replace your original: choose another name")
 
 
-def _model_help() -> str:
-    from fexsdk import formats
-
-    return f"bundled model name (default, ...) or model file ({formats.suffix_list()}); default: default"
-
-
-def _detector_help() -> str:
-    from fexsdk.formats import ONNX_SUFFIXES
-
-    return (f"yunet (default: the YuNet model shipped in fexsdk), haar (OpenCV's cascade), a YuNet {ONNX_SUFFIXES[0]} "
-            "path or an SSD .pb path")
-
-
 def _faces_choice(text: str):
     """``--faces``: all (None), largest, or comma-separated indices (faces numbered left to right)."""
     text = text.strip()
@@ -127,15 +78,8 @@ def _faces_choice(text: str):
 
 
 def _add_runtime(sub: argparse._SubParsersAction) -> None:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model", help=_model_help())
-    common.add_argument("--detector", help=_detector_help())
-    common.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="where the model runs: auto (a GPU when the backend has one), cpu or cuda")
-    common.add_argument("--threads", type=_POSITIVE, help="CPU threads for the model (default: the CPUs, at most 4)")
+    common = add_transfer_arguments(argparse.ArgumentParser(add_help=False))
     common.add_argument("--seed", type=_SEED, default=0, help="test-time noise seed (same seed, same result)")
-    common.add_argument("--blend", choices=["residual", "replace"], default="residual",
-                        help="residual: add the model's change to the face's luminance (default); replace: paste its output")
     a = sub.add_parser("apply", parents=[common], help="change the expression of every face in an image")
     a.add_argument("input", nargs="+",
                    help="image file (8-bit, 16-bit or float; gray, BGR or with alpha; EXIF orientation applied), "
@@ -148,11 +92,7 @@ def _add_runtime(sub: argparse._SubParsersAction) -> None:
     a.add_argument("-o", "--output", required=True,
                    help="image file to write, its extension naming the format (.png, .jpg); for several inputs, a "
                         "folder (created if missing) that gets one image per input, with the input's name")
-    a.add_argument("--strength", type=_float_range(0, 2), default=None,
-                   help="scales the change, 0-2 (0 = unchanged, 1 = the model's change; default: the model's "
-                        "strength for the emotion, from its card)")
-    a.add_argument("--no-align", action="store_true",
-                   help="do not turn tilted faces upright (by their eye landmarks) before changing them")
+    add_transfer_arguments(a, ("strength", "align"))
     a.set_defaults(func=_run_apply)
     g = sub.add_parser("grid", parents=[common], help="each face and its 7 expressions side by side")
     g.add_argument("input", help="image file with one or more faces")
@@ -164,8 +104,7 @@ def _add_runtime(sub: argparse._SubParsersAction) -> None:
 def _transfer(args: argparse.Namespace):
     from fexsdk.transfer import Transfer
 
-    return Transfer(args.model, device=args.device, detector=args.detector, blend=args.blend, threads=args.threads,
-                    align=not getattr(args, "no_align", False))
+    return Transfer.from_options(TransferOptions.from_args(args))
 
 
 def _write(path: str, image) -> None:
@@ -316,24 +255,13 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
                               "(default: window only)")
     overlay.add_argument("--no-overlay", dest="overlay", action="store_false",
                          help="do not draw them in the window either")
-    p.add_argument("--no-align", action="store_true", help="do not turn tilted faces upright by their eye landmarks")
-    p.add_argument("--model", help=_model_help())
-    p.add_argument("--detector", help=_detector_help())
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="where the model runs: auto (a GPU when the backend has one), cpu or cuda")
-    p.add_argument("--threads", type=_POSITIVE, help="CPU threads for the model (default: the CPUs, at most 4)")
-    p.add_argument("--blend", choices=["residual", "replace"], default="residual",
-                   help="residual: add the model's change to the face's luminance (default); replace: paste its output")
+    add_transfer_arguments(p, ("align", "model", "detector", "device", "threads", "blend", "strength", "detect_size"),
+                           help={"align": "do not turn tilted faces upright by their eye landmarks"},
+                           defaults=DEMO_TRANSFER)
     p.add_argument("-e", "--emotion", default="happy", help="emotion to start with: name, alias or index 0-6 (default: happy)")
     p.add_argument("--seed", type=_SEED, default=0, help="noise seed; face track i keeps the noise face i gets from `fex apply --seed` for its whole life")
     p.add_argument("--fresh-noise", action="store_true", help="draw new dropout noise every frame (flickers; for comparison)")
-    p.add_argument("--strength", type=_float_range(0, 2), default=None,
-                   help="scales the change, 0-2 (0 = unchanged, 1 = the model's change; default: the model's "
-                        "strength for the emotion, from its card)")
     p.add_argument("--detect-every", type=_POSITIVE, default=3, metavar="K", help="run the face detector every K frames, track in between")
-    p.add_argument("--detect-size", type=_detect_size, default=480, metavar="PX",
-                   help="YuNet sees a copy of the frame at most PX pixels on its longer side (default 480; smaller is "
-                        "faster and misses more small faces); 0: the detector's own size (960)")
     p.add_argument("--detect-inline", dest="detect_thread", action="store_false",
                    help="detect in the loop's own thread instead of a detector thread that overlaps generation "
                         "(slower where two cores are free; the faces found are the same, one detection earlier)")
@@ -363,12 +291,12 @@ def _run_demo(args: argparse.Namespace) -> int:
     vcam = args.virtual_camera
     cfg = DemoConfig(
         camera=args.camera, input=args.input, output=args.output, headless=args.headless, overlay=args.overlay,
-        model=args.model, detector=args.detector, device=args.device, threads=args.threads, blend=args.blend,
-        emotion=args.emotion, seed=None if args.fresh_noise else args.seed, strength=args.strength,
-        detect_every=args.detect_every, detect_size=args.detect_size, detect_thread=args.detect_thread,
+        transfer=TransferOptions.from_args(args, DEMO_TRANSFER),
+        emotion=args.emotion, seed=None if args.fresh_noise else args.seed,
+        detect_every=args.detect_every, detect_thread=args.detect_thread,
         smoothing=args.smoothing, velocity=args.velocity, drop_after=args.drop_after,
         max_frames=args.max_frames, fourcc=args.fourcc, save_dir=args.save_dir, open_timeout=args.timeout,
-        read_timeout=args.timeout, align=not args.no_align, stream=args.stream, virtual_camera=bool(vcam),
+        read_timeout=args.timeout, stream=args.stream, virtual_camera=bool(vcam),
         virtual_camera_device=vcam if isinstance(vcam, str) else None, realtime=args.realtime,
     )
     stats = run_demo(cfg)
@@ -411,17 +339,16 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
                                    "/models, /stats. Listens on 127.0.0.1; another --host needs --token (or "
                                    "FEX_TOKEN) or --no-auth. For a cluster, "
                                    "deploy serve.yaml with `serve deploy` instead.")
-    p.add_argument("--model", help=_model_help())
+    add_transfer_arguments(p, ("model",))
     p.add_argument("--replicas", type=_POSITIVE, default=1, help="replicas (processes), each with its own model")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=_PORT, default=8000, help="TCP port to listen on (1-65535, default 8000)")
     p.add_argument("--max-batch", type=_POSITIVE, default=16, metavar="B",
                    help="faces per generator call, gathered across requests (1: no batching across requests)")
     p.add_argument("--batch-wait-ms", type=float, default=5.0, help="how long a batch waits to fill")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="where each replica's model runs: auto (a GPU when the backend has one), cpu or cuda")
-    p.add_argument("--detector", help=_detector_help())
-    p.add_argument("--threads", type=_POSITIVE, help="onnxruntime CPU threads per replica")
+    add_transfer_arguments(p, ("device", "detector", "threads"), help={
+        "device": "where each replica's model runs: auto (a GPU when the backend has one), cpu or cuda",
+        "threads": "onnxruntime CPU threads per replica"})
     p.add_argument("--num-cpus", type=_POSITIVE, help="CPUs Ray may use (default: all)")
     p.add_argument("--token", help="every route (the page, the API, the live channel) needs this token (8+ characters; "
                                    "default: the FEX_TOKEN environment variable); required on a non-loopback --host")
@@ -436,7 +363,7 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     if args.replicas < 1:
         raise ValueError(f"--replicas must be >= 1, got {args.replicas}")
-    options = {"model": args.model, "device": args.device, "detector": args.detector, "threads": args.threads,
+    options = {"transfer": TransferOptions.from_args(args),
                "max_batch_size": args.max_batch, "batch_wait_s": args.batch_wait_ms / 1000.0,
                "token": args.token or os.environ.get("FEX_TOKEN") or None}
     run_local(options, replicas=args.replicas, host=args.host, port=args.port, num_cpus=args.num_cpus,

@@ -60,6 +60,7 @@ import numpy as np
 
 from fexsdk._extras import require
 from fexsdk.backends import Backend
+from fexsdk.options import TransferOptions
 # Image formats accepted and answered, by their first bytes. The header reader is shared with `fex apply`
 # (fexsdk.images), so a huge image is refused before decoding in both.
 from fexsdk.images import JPEG_MAGIC, PNG_MAGIC, image_dimensions  # noqa: F401  (image_dimensions re-exported)
@@ -78,11 +79,9 @@ class ServeOptions:
     ``Transfer.apply``); ``batch_wait_s`` is how long the first face of a batch waits for more.
     """
 
-    model: Optional[str] = None
-    device: str = "auto"
-    detector: Optional[str] = None
-    blend: str = "residual"
-    threads: Optional[int] = None
+    #: The model, device, detector, blend and threads of every replica's Transfer. In ``serve.yaml``'s ``args``
+    #: its fields are given flat (``model: ...``, ``device: cuda``) or as a ``transfer:`` mapping.
+    transfer: TransferOptions = field(default_factory=TransferOptions)
     max_batch_size: int = 16
     batch_wait_s: float = 0.005
     #: Worker threads per replica (detection and paste-back run there, in parallel; a request waiting
@@ -102,11 +101,13 @@ class ServeOptions:
     @classmethod
     def from_args(cls, args: Optional[Mapping[str, Any]]) -> "ServeOptions":
         args = dict(args or {})
+        flat = {k: args.pop(k) for k in TransferOptions.fields() if k in args}
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(args) - known)
         if unknown:
-            raise ValueError(f"unknown fexsdk serve option(s) {unknown}; known: {sorted(known)}")
-        opts = cls(**args)
+            raise ValueError(f"unknown fexsdk serve option(s) {unknown}; known: {sorted(known | set(flat))}")
+        transfer = TransferOptions.from_mapping(args.pop("transfer", None))
+        opts = cls(transfer=transfer.replace(**flat).validate() if flat else transfer.validate(), **args)
         if int(opts.max_batch_size) < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {opts.max_batch_size}")
         if not float(opts.batch_wait_s) >= 0:
@@ -483,9 +484,8 @@ class FexService:
 
         self.opts = ServeOptions.from_args(options)
         o = self.opts
-        self.transfer = Transfer(o.model, device=o.device, detector=o.detector, blend=o.blend, threads=o.threads)
-        self.model_path = Path(resolve_model(o.model))
-        self.backend = self.transfer.backend
+        self.transfer = Transfer.from_options(o.transfer)
+        self.model_path = Path(resolve_model(o.transfer.model))
         self.meta = self.transfer.meta
         self.stats = {"requests": 0, "errors": 0, "faces": 0, "generator_calls": 0, "largest_batch": 0}
         self._stats_lock = threading.Lock()
@@ -499,18 +499,17 @@ class FexService:
         # The worker threads share one Transfer (each thread gets its own detector, as OpenCV's are not
         # thread-safe) whose backend is the replica's, wrapped so that the generator call is counted and,
         # with batching, goes through the batch queue.
-        shared_backend = _SharedBackend(self.backend, self._count, self._submit if self._batched else None)
-        self._worker_transfer = self.transfer.clone(backend=shared_backend)
+        self._worker_transfer = self.transfer.clone(wrap=self._share_backend)
         self._workers = ThreadPoolExecutor(int(o.workers), thread_name_prefix="fex-worker")
         self._generator = ThreadPoolExecutor(1, thread_name_prefix="fex-generator")
         # The page's model picker: the served model, or a bundled one opened on first use (no batching across
         # requests for those; a Transfer may be shared by threads).
         from fexsdk.transfer import bundled_models
 
-        if o.model is None:
+        if o.transfer.model is None:
             self.model_name = "default"
-        elif str(o.model) in bundled_models():
-            self.model_name = str(o.model)
+        elif str(o.transfer.model) in bundled_models():
+            self.model_name = str(o.transfer.model)
         else:
             self.model_name = self.model_path.name
         self._others: dict[str, Any] = {}
@@ -519,6 +518,12 @@ class FexService:
         self.stats.update({"live_frames": 0, "live_refused": 0, "unauthorized": 0})
 
     # -- batching --------------------------------------------------------------
+    def _share_backend(self, inner: Backend) -> Backend:
+        """The worker Transfer's backend: the replica's own (kept as :attr:`backend`, which the batch queue runs),
+        wrapped to count its calls and, with batching, to send each face through the batch queue."""
+        self.backend = inner
+        return _SharedBackend(inner, self._count, self._submit if self._batched else None)
+
     def _count(self, n: int) -> None:
         with self._stats_lock:
             self.stats["generator_calls"] += 1
@@ -561,7 +566,7 @@ class FexService:
         return {
             "model": self.model_path.name,
             "backend": self.backend.name,
-            "detector": getattr(self.transfer.detector, "name", type(self.transfer.detector).__name__),
+            "detector": self.transfer.detector_name,
             "blend": self.transfer.blend,
             "fexsdk_version": __version__,
             "metadata": asdict(self.meta),
@@ -598,8 +603,7 @@ class FexService:
             if tr is None:
                 from fexsdk.transfer import Transfer
 
-                o = self.opts
-                tr = Transfer(name, device=o.device, detector=o.detector, blend=o.blend, threads=o.threads)
+                tr = Transfer.from_options(self.opts.transfer.replace(model=name))
                 self._others[name] = tr
             return tr
 
@@ -888,7 +892,7 @@ def make_app(args: Optional[Mapping[str, Any]] = None, *, num_replicas: Optional
         options["num_replicas"] = num_replicas
     if ray_actor_options is not None:
         options["ray_actor_options"] = ray_actor_options
-    elif opts.device.startswith("cuda"):
+    elif opts.transfer.device.startswith("cuda"):
         options["ray_actor_options"] = {"num_gpus": 1}
     return serve.deployment(FexService).options(**options).bind(asdict(opts))
 
@@ -951,20 +955,21 @@ def run_local(args: Mapping[str, Any], *, replicas: int = 1, host: str = "127.0.
     check_exposure(host, opts.token, no_auth)
     ray = require("ray", "serve", "fex serve")
     serve = require("ray.serve", "serve", "fex serve")
-    check_model(opts.model)
+    check_model(opts.transfer.model)
     if replicas < 1:
         raise ValueError(f"replicas must be >= 1, got {replicas}")
     check_port_free(host, port)
     if not ray.is_initialized():
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
     gpus = float(ray.cluster_resources().get("GPU", 0))
-    if opts.device.startswith("cuda") and gpus == 0:
+    device = opts.transfer.device
+    if device.startswith("cuda") and gpus == 0:
         raise RuntimeError("--device cuda, but Ray sees no GPU on this machine")
     # A replica sees a GPU only if it asks for one (Ray hides the others): "cuda" takes a whole GPU each,
     # "auto" shares what there is. On a CPU a replica reserves no whole core: several share the machine.
-    if opts.device.startswith("cuda"):
+    if device.startswith("cuda"):
         actor_options: dict = {"num_gpus": 1}
-    elif opts.device == "auto" and gpus > 0:
+    elif device == "auto" and gpus > 0:
         actor_options = {"num_gpus": min(1.0, gpus / replicas), "num_cpus": 0}
     else:
         actor_options = {"num_cpus": 0}

@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 import numpy as np
 
@@ -22,6 +22,7 @@ from fexsdk.exposure import fit_exposure
 from fexsdk.faces import Face, FaceDetector, make_detector
 from fexsdk.images import check_image, read_image
 from fexsdk.noise import draw_noise, noise_for
+from fexsdk.options import TransferOptions
 from fexsdk.paste import BLEND_MODES, MAX_STRENGTH, paste_back
 from fexsdk.suitability import unsuitable_reason
 from fexsdk.warp_paste import paste_warp
@@ -271,10 +272,27 @@ class Transfer:
         self._detector_spec = None
         self._shared_detector = det if isinstance(det, _LockedDetector) else _LockedDetector(det)
 
+    @property
+    def detector_name(self) -> str:
+        """The face detector's name ("yunet", "haar", ...; a detector object's class name where it has none)."""
+        det = self.detector
+        return getattr(det, "name", type(det).__name__)
+
     def __repr__(self) -> str:
         return f"Transfer(backend={self.backend.name}, preset={self.meta.preset!r}, detector={self.detector.name})"
 
-    def clone(self, backend: Optional[Backend] = None, detect_size: Optional[int] = None) -> "Transfer":
+    @classmethod
+    def from_options(cls, options: Optional[TransferOptions] = None) -> "Transfer":
+        """A Transfer built from :class:`~fexsdk.options.TransferOptions` (None: the defaults). Its
+        ``detect_size``, when set, gives the Transfer a detector that sees a copy of the image at most that
+        many pixels on its longer side (:meth:`clone`); its ``strength`` is for the calls (``apply(strength=)``)."""
+        o = (options or TransferOptions()).validate()
+        tr = cls(o.model, device=o.device, detector=o.detector, blend=o.blend, threads=o.threads, smooth=o.smooth,
+                 align=o.align, exposure=o.exposure, skip_unsuitable=o.skip_unsuitable)
+        return tr if o.detect_size is None else tr.clone(detect_size=o.detect_size)
+
+    def clone(self, backend: Optional[Backend] = None, detect_size: Optional[int] = None,
+              wrap: Optional[Callable[[Backend], Backend]] = None) -> "Transfer":
         """This Transfer with the same options and model, without opening the model file again.
 
         ``backend``: the clone runs this backend instead (it must take this model's inputs, e.g. a wrapper
@@ -282,10 +300,13 @@ class Transfer:
         same spec (one per thread that uses the clone, as here); a detector object given by the caller cannot
         be rebuilt and stays shared, under its lock. ``detect_size``: the clone's YuNet sees a copy of the
         frame at most this many pixels on its longer side (:meth:`fexsdk.faces.YuNetDetector.with_input_size`;
-        one detector, used under a lock); other detectors are unaffected.
+        one detector, used under a lock); other detectors are unaffected. ``wrap``: the clone runs
+        ``wrap(backend)`` (e.g. a wrapper that batches or counts the generator calls around this one).
         """
         twin = copy.copy(self)
         twin.backend = self.backend if backend is None else backend
+        if wrap is not None:
+            twin.backend = wrap(twin.backend)
         twin.meta = twin.backend.meta
         twin._local = threading.local()
         if detect_size is not None:

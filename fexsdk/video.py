@@ -4,7 +4,6 @@ or headless; tracking lives in :mod:`fexsdk.tracking`, reading and writing in :m
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import signal
@@ -39,7 +38,7 @@ from fexsdk.capture import (  # noqa: F401
 )
 from fexsdk.emotions import EMOTIONS, emotion_index
 from fexsdk.faces import box_iou
-from fexsdk.paste import MAX_STRENGTH
+from fexsdk.options import DEMO_TRANSFER, TransferOptions
 from fexsdk.tracking import Box, FaceTracker, Track  # noqa: F401
 
 __all__ = [
@@ -177,7 +176,7 @@ class DemoConfig:
     is written by ffmpeg where it can (:func:`fexsdk.capture.open_video_sink`). ``progress``
     shows a progress bar (frames, ETA) for video files that announce their frame count.
 
-    Speed: ``detect_size`` shrinks the copy of the frame that YuNet (the default detector) sees to
+    Speed: ``transfer.detect_size`` shrinks the copy of the frame that YuNet (the default detector) sees to
     this many pixels on its longer side (None: the detector's own rule, 960); at 480 a 640x480
     frame is seen at 0.75x, where faces from about 100 px are found (YuNet needs about 70 px in the
     copy); other detectors always see the whole frame. ``detect_thread``
@@ -197,18 +196,12 @@ class DemoConfig:
     output: Optional[str] = None
     headless: bool = False
     overlay: Optional[bool] = None
-    model: Optional[str] = None
-    detector: Optional[str] = None
-    device: str = "auto"
-    threads: Optional[int] = None
-    blend: str = "residual"
-    align: bool = True  # turn tilted faces upright where the faces carry eye landmarks (Transfer(align=))
+    #: The model, detector, blend, threads, align, strength (None: the model's default for the emotion) and
+    #: detect_size (default 480) the Transfer is built and called with (fexsdk.options.TransferOptions).
+    transfer: TransferOptions = field(default_factory=DEMO_TRANSFER.replace)
     emotion: Union[str, int] = "happy"
     seed: Optional[int] = 0
-    #: None: the model's default strength for the target emotion (ModelMetadata.default_strength).
-    strength: Optional[float] = None
     detect_every: int = 3
-    detect_size: Optional[int] = 480
     detect_thread: bool = True
     max_frames: Optional[int] = None
     iou_threshold: float = 0.3
@@ -252,19 +245,14 @@ class DemoConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
-        if self.detect_size is not None and (isinstance(self.detect_size, bool) or not isinstance(self.detect_size, int)
-                                             or self.detect_size < 32):
-            raise ValueError("detect_size must be an integer >= 32 (pixels on the longer side of the copy the "
-                             f"face detector sees) or None (the detector's own size), got {self.detect_size!r}")
+        if not isinstance(self.transfer, TransferOptions):
+            raise ValueError(f"transfer must be a fexsdk.options.TransferOptions, got {self.transfer!r}")
+        self.transfer.validate()  # detect_size and strength
         if not isinstance(self.detect_thread, bool):
             raise ValueError(f"detect_thread must be True or False, got {self.detect_thread!r}")
         if self.max_frames is not None and (isinstance(self.max_frames, bool) or not isinstance(self.max_frames, int)
                                             or self.max_frames < 1):
             raise ValueError(f"max_frames must be an integer >= 1 (or None for no limit), got {self.max_frames!r}")
-        k = self.strength
-        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k)
-                              or not 0 <= k <= MAX_STRENGTH):
-            raise ValueError(f"strength must be a number in [0, {MAX_STRENGTH:g}] or None (the model's default), got {k!r}")
         if not 0.0 <= self.smoothing < 1.0:
             raise ValueError(f"smoothing must be in [0, 1), got {self.smoothing}")
         if not 0.0 <= self.velocity <= 1.0:
@@ -510,9 +498,8 @@ class DemoLoop:
         if self.transfer is None:
             from fexsdk.transfer import Transfer
 
-            c = self.config
-            self.transfer = Transfer(c.model, device=c.device, detector=c.detector, blend=c.blend, threads=c.threads,
-                                     align=c.align)
+            # Full size: the frames' faces are framed by it; detection sees the smaller copy (_detector).
+            self.transfer = Transfer.from_options(self.config.transfer.replace(detect_size=None))
         return self.transfer
 
     def _detector(self) -> Callable[[np.ndarray], list]:
@@ -521,7 +508,7 @@ class DemoLoop:
         detector as it is."""
         if self._detect_call is None:
             tr = self.load_transfer()
-            size = self.config.detect_size
+            size = self.config.transfer.detect_size
             clone = getattr(tr, "clone", None)  # a stand-in for a Transfer without one detects as it is
             self._detect_call = tr.detect if size is None or clone is None else clone(detect_size=size).detect
         return self._detect_call
@@ -589,7 +576,7 @@ class DemoLoop:
             records = tr.crop(image, tr.frame(image, [t.face() for t in shown], face_ids=[t.id for t in shown]))
             records = [r for r in tr.mark_unsuitable(records) if r.skipped is None]  # turned or blurred: left alone
             tr.generate_faces(records, self.target, seed=c.seed)
-            out = tr.paste(image, records, c.strength)
+            out = tr.paste(image, records, c.transfer.strength)
             for stage in ("crop", "generate", "paste"):  # frame (a few box sums) counts with crop
                 extra = "frame" if stage == "crop" else None
                 self.stages[stage].add(sum(r.timings[stage] + r.timings.get(extra, 0.0) for r in records) / 1000.0)

@@ -10,6 +10,7 @@ import pytest
 
 from fexsdk.crops import MIN_ALIGN_ANGLE, CropBox, box_window, crop_box_for, crop_to_image, extract_crops, eye_angle
 from fexsdk.faces import Face, YuNetDetector
+from fexsdk.options import TransferOptions
 from fexsdk.paste import face_mask, paste_back
 from fexsdk.transfer import Transfer
 from fexsdk.warp_paste import paste_warp
@@ -214,7 +215,7 @@ def test_cli_no_align(tiny_onnx, tilted, tmp_path, monkeypatch):
     seen = []
 
     def fake_run_demo(cfg):
-        seen.append(cfg.align)
+        seen.append(cfg.transfer.align)
         return video.DemoStats(reason="end")
 
     monkeypatch.setattr(video, "run_demo", fake_run_demo)
@@ -243,7 +244,7 @@ def test_demo_aligns_tracked_faces(tiny_onnx, tilted):
     outs = {}
     for align in (True, False):
         loop = DemoLoop(DemoConfig(headless=True, overlay=False, detect_every=2, detect_thread=False, quiet=True,
-                                   align=align), transfer=Transfer(tiny_onnx, align=align))
+                                   transfer=TransferOptions(align=align)), transfer=Transfer(tiny_onnx, align=align))
         outs[align] = [loop.process(tilted) for _ in range(3)]  # frames 1 and 2 come from the track
         assert loop.tracker.tracks[0].landmarks is not None
         loop.close()

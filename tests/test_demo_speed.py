@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fexsdk.faces import Face
+from fexsdk.options import TransferOptions
 from fexsdk.tracking import FaceTracker
 from fexsdk.video import DemoConfig, DemoLoop, run_demo
 from tests.conftest import REPO, face_scene
@@ -133,7 +134,7 @@ def test_late_detection_of_a_new_face_starts_a_track_from_its_own_frame():
 
 
 def test_detect_size_runs_the_transfers_yunet_on_a_smaller_copy(bundled):
-    loop = DemoLoop(DemoConfig(headless=True, detect_size=320), transfer=bundled)
+    loop = DemoLoop(DemoConfig(headless=True, transfer=TransferOptions(detect_size=320)), transfer=bundled)
     twin = loop._detector().__self__  # Transfer.clone(detect_size=320): same model, its own detector
     det, own = twin.detector, bundled.detector
     assert twin is not bundled and twin.backend is bundled.backend and own.input_size != 320
@@ -141,14 +142,14 @@ def test_detect_size_runs_the_transfers_yunet_on_a_smaller_copy(bundled):
     assert (det.path, det.score_threshold, det.nms_threshold, det.top_k, det.min_face) == \
         (own.path, own.score_threshold, own.nms_threshold, own.top_k, own.min_face)
     # None keeps the Transfer's own detector (and its own size rule)
-    assert DemoLoop(DemoConfig(headless=True, detect_size=None), transfer=bundled)._detector() == bundled.detect
+    assert DemoLoop(DemoConfig(headless=True, transfer=TransferOptions(detect_size=None)), transfer=bundled)._detector() == bundled.detect
 
 
 def test_a_detector_that_is_not_yunet_is_used_as_it_is():
     from fexsdk.transfer import Transfer
 
     tr = Transfer(device="cpu", detector="haar", threads=1)
-    twin = DemoLoop(DemoConfig(headless=True, detect_size=320), transfer=tr)._detector().__self__
+    twin = DemoLoop(DemoConfig(headless=True, transfer=TransferOptions(detect_size=320)), transfer=tr)._detector().__self__
     assert twin.detector.name == "haar" and twin.backend is tr.backend
 
 
@@ -183,9 +184,9 @@ def test_run_stops_the_detector_thread(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(detect_size=16), "detect_size must be an integer >= 32"),
-    (dict(detect_size=480.0), "detect_size must be an integer >= 32"),
-    (dict(detect_size=True), "detect_size must be an integer >= 32"),
+    (dict(transfer=TransferOptions(detect_size=16)), "detect_size must be an integer >= 32"),
+    (dict(transfer=TransferOptions(detect_size=480.0)), "detect_size must be an integer >= 32"),
+    (dict(transfer=TransferOptions(detect_size=True)), "detect_size must be an integer >= 32"),
     (dict(detect_thread="yes"), "detect_thread must be True or False"),
 ])
 def test_speed_options_are_checked(kwargs, match):

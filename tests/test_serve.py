@@ -227,7 +227,7 @@ def test_fex_serve_model_warp_answers_like_transfer_apply(monkeypatch, warp_ref,
     """`fex serve --model warp`: the bundled name is accepted, and the service (without Ray: each request's faces
     by themselves) answers POST /apply with the bytes of Transfer("warp").apply for the same seed."""
     opts = serve_cli_options(monkeypatch, ["serve", "--model", "warp", "--device", "cpu", "--threads", "1"])
-    assert opts["model"] == "warp"
+    assert opts["transfer"].model == "warp"
     svc = FexService({**opts, "workers": 2}, _use_serve_batch=False)
     assert svc.meta.is_warp and svc.model_info()["card"]["preset"] == warp_ref.meta.preset
 
@@ -474,7 +474,7 @@ def test_cluster_yaml_is_a_valid_serve_config():
     assert deployment.name == "FexService" and deployment.ray_actor_options.num_gpus == 1
     assert deployment.autoscaling_config["max_replicas"] > deployment.autoscaling_config["min_replicas"]
     opts = ServeOptions.from_args(app.args)
-    assert opts.device == "cuda" and opts.max_batch_size == 64
+    assert opts.transfer.device == "cuda" and opts.max_batch_size == 64
 
 
 def test_load_benchmark_plain_loop_runs(tmp_path):

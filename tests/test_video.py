@@ -12,6 +12,7 @@ import pytest
 
 from fexsdk import video
 from fexsdk.faces import Face
+from fexsdk.options import TransferOptions
 from fexsdk.video import (
     DemoConfig,
     DemoLoop,
@@ -425,8 +426,8 @@ def test_this_opencv_reports_its_gui_support_honestly():
     ({"detect_every": 0}, "detect_every"),
     ({"max_frames": 0}, "max_frames"),
     ({"emotion": "bored"}, "unknown emotion"),
-    ({"strength": -1.0}, "strength"),
-    ({"strength": 100.0}, "strength"),
+    ({"transfer": TransferOptions(strength=-1.0)}, "strength"),
+    ({"transfer": TransferOptions(strength=100.0)}, "strength"),
     ({"output": "out.png"}, "video file name"),
     ({"output": "/no/such/folder/out.mp4"}, "does not exist"),
     ({"fourcc": "H26"}, "4 characters"),
