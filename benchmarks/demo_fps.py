@@ -48,7 +48,7 @@ HERE = str(Path(__file__).resolve().parent)
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from fexsdk.capture import open_video_sink  # noqa: E402
+from fexsdk.video.writer import open_video_sink  # noqa: E402
 from fexsdk.faces import YuNetDetector  # noqa: E402
 from fexsdk.options import TransferOptions  # noqa: E402
 from fexsdk.transfer import DEFAULT_MODEL, Transfer  # noqa: E402

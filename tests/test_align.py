@@ -225,7 +225,7 @@ def test_cli_no_align(tiny_onnx, tilted, tmp_path, monkeypatch):
 
 
 def test_a_track_carries_its_detections_landmarks_along_with_its_box():
-    from fexsdk.tracking import FaceTracker
+    from fexsdk.video.tracking import FaceTracker
 
     marks = np.array([[30, 40], [70, 40], [50, 60], [35, 80], [65, 80]], np.float32)
     tracker = FaceTracker(smoothing=0.0, velocity=1.0)

@@ -10,7 +10,7 @@ import pytest
 
 from fexsdk.faces import Face
 from fexsdk.options import TransferOptions
-from fexsdk.tracking import FaceTracker
+from fexsdk.video.tracking import FaceTracker
 from fexsdk.video import DemoConfig, DemoLoop, run_demo
 from tests.conftest import REPO, face_scene
 
@@ -164,7 +164,7 @@ def test_run_stops_the_detector_thread(tmp_path):
         frame_count = 3
 
         def __init__(self):
-            from fexsdk.capture import Frame
+            from fexsdk.video.reader import Frame
 
             self.frames = [Frame(i, np.zeros((240, 320, 3), np.uint8), 0.0) for i in range(3)]
 

@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 import pytest
 
-from fexsdk import capture, video
-from fexsdk.capture import STREAM_FORMATS, VirtualCameraUnavailable, check_stream_url, find_ffmpeg, virtual_camera_setup
+from fexsdk.video import live, loop
+from fexsdk.video.live import STREAM_FORMATS, VirtualCameraUnavailable, check_stream_url, find_ffmpeg, virtual_camera_setup
 from fexsdk.cli import main
 from fexsdk.video import DemoConfig, run_demo
 from tests.conftest import REPO, face_scene
@@ -177,7 +177,7 @@ def test_stream_is_received_and_decoded_on_localhost(ffmpeg, clip, tmp_path, cap
 
 def test_stream_command_is_low_latency_h264(ffmpeg, tmp_path):
     port = _free_udp_port()  # nothing listens: UDP is sent all the same
-    sink = capture.StreamSink(f"udp://127.0.0.1:{port}", 30, (161, 121), ffmpeg=ffmpeg)
+    sink = live.StreamSink(f"udp://127.0.0.1:{port}", 30, (161, 121), ffmpeg=ffmpeg)
     try:
         for _ in range(3):
             sink.write(np.zeros((121, 161, 3), np.uint8))
@@ -205,13 +205,13 @@ def test_stream_refuses_what_it_cannot_send(ffmpeg, clip, url, fragment, capsys)
 
 
 def test_a_scheme_this_ffmpeg_lacks_is_refused_naming_the_ones_it_has(ffmpeg, clip, monkeypatch, capsys):
-    monkeypatch.setitem(capture._PROTOCOLS, ffmpeg, frozenset({"file", "pipe", "udp", "rtmp"}))
+    monkeypatch.setitem(live._PROTOCOLS, ffmpeg, frozenset({"file", "pipe", "udp", "rtmp"}))
     rc = main(["demo", "--input", str(clip[0]), "--stream", "srt://127.0.0.1:9000"])
     err = capsys.readouterr().err
     assert rc == 2 and "the bundled ffmpeg cannot stream to srt://; it streams to udp://, rtmp://" in err, err
     # this one has every scheme fex demo knows a container for
-    monkeypatch.delitem(capture._PROTOCOLS, ffmpeg)
-    assert set(capture.stream_schemes(ffmpeg)) == set(STREAM_FORMATS)
+    monkeypatch.delitem(live._PROTOCOLS, ffmpeg)
+    assert set(live.stream_schemes(ffmpeg)) == set(STREAM_FORMATS)
 
 
 # -- --virtual-camera ---------------------------------------------------------------------------------
@@ -254,8 +254,8 @@ def test_virtual_camera_without_a_device_says_how_to_make_one(bundled, clip, mon
     assert "No v4l2 loopback device found" in str(info.value) and virtual_camera_setup() in str(info.value)
     # on the command line: exit 2 and one line (pyvirtualcam there, no device)
     fake = lambda: (NoDevice, {})  # noqa: E731
-    monkeypatch.setattr(capture, "_pyvirtualcam_camera", fake)
-    monkeypatch.setattr(video, "_pyvirtualcam_camera", fake)
+    monkeypatch.setattr(live, "_pyvirtualcam_camera", fake)
+    monkeypatch.setattr(loop, "_pyvirtualcam_camera", fake)
     rc = main(["demo", "--input", str(clip[0]), "--virtual-camera"])
     err = capsys.readouterr().err
     assert rc == 2 and "fex demo: error: --virtual-camera: no virtual camera device" in err, err

@@ -90,7 +90,7 @@ def test_demo_output_keeps_video_start_offset(tmp_path, capsys):
 
 def test_writer_offsets_video_only_when_the_input_has_one(tmp_path):
     """The offset read from the input: 1 s for the shifted file, 0 for its video-only source."""
-    from fexsdk.capture import video_start_offset
+    from fexsdk.video.writer import video_start_offset
 
     src = make_offset_clip(tmp_path)
     assert video_start_offset(src, _ffmpeg()) == pytest.approx(OFFSET_S, abs=0.02)

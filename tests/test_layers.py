@@ -159,7 +159,10 @@ def test_wheel_installs_only_fexsdk(tmp_path):
     top = {n.split("/")[0] for n in names}
     assert {t for t in top if not t.endswith(".dist-info")} == {"fexsdk"}, sorted(top)
     for must in ("fexsdk/training/trainer.py", "fexsdk/training/torch_backend.py", "fexsdk/export/quantize.py",
-                 "fexsdk/export/onnx_export.py", "fexsdk/models/default.onnx", "fexsdk/cli.py"):
+                 "fexsdk/export/onnx_export.py", "fexsdk/models/default.onnx", "fexsdk/cli.py",
+                 # the applications' sub-packages, and the page's files beside the service
+                 "fexsdk/video/loop.py", "fexsdk/video/reader.py", "fexsdk/serve/app.py", "fexsdk/serve/service.py",
+                 "fexsdk/serve/web/index.html", "fexsdk/serve/web/app.js", "fexsdk/serve/web/style.css"):
         assert must in names
     assert not any(n.endswith((".safetensors", ".pt")) for n in names)
     # The experiment drivers (experiments/: GPU-call scripts, the Table 2 runner) stay in the repository.

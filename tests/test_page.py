@@ -1,4 +1,4 @@
-"""``fex serve``'s page (fexsdk/web) in a real browser, and the service's token auth.
+"""``fex serve``'s page (fexsdk/serve/web) in a real browser, and the service's token auth.
 
 The browser tests drive Debian's headless ``chromium`` through ``chromedriver`` with Selenium; they skip
 where any of the three is missing (``apt-get install -y chromium chromium-driver``; selenium is in the dev
@@ -87,7 +87,7 @@ def _serve_until_ray(monkeypatch, argv: list[str]) -> dict:
         raise _StopBeforeRay
 
     monkeypatch.setattr(serve_mod, "run_local", spy)
-    monkeypatch.setattr(serve_mod, "check_port_free", stop)
+    monkeypatch.setattr(serve_mod.app, "check_port_free", stop)  # where run_local looks it up
     with pytest.raises(_StopBeforeRay):
         main(argv)
     return seen

@@ -1,4 +1,4 @@
-"""``fex serve``: the HTTP service on Ray Serve (fexsdk/serve.py).
+"""``fex serve``: the HTTP service on Ray Serve (fexsdk/serve/).
 
 The Ray tests start Ray and the app once for the module (small: 2 CPUs, no dashboard) and post real
 requests over HTTP; they skip when Ray Serve is not installed (``pip install 'fexsdk[serve]'``). The
@@ -212,7 +212,7 @@ def serve_cli_options(monkeypatch, argv: list[str]) -> dict:
         raise _StopBeforeRay
 
     monkeypatch.setattr(serve_mod, "run_local", spy)
-    monkeypatch.setattr(serve_mod, "check_port_free", stop)
+    monkeypatch.setattr(serve_mod.app, "check_port_free", stop)  # where run_local looks it up
     with pytest.raises(_StopBeforeRay):
         main(argv)
     return seen

@@ -406,7 +406,7 @@ def test_not_a_video_and_missing_file(tmp_path, capsys):
 def test_window_without_gui_support_is_a_clear_error(clip, monkeypatch, capsys):
     from fexsdk.cli import main
 
-    monkeypatch.setattr(video, "gui_support", lambda: (False, "this OpenCV was built without GUI support"))
+    monkeypatch.setattr(video.window, "gui_support", lambda: (False, "this OpenCV was built without GUI support"))
     with pytest.raises(GuiUnavailable) as info:
         run_demo(DemoConfig(input=str(clip[0])))
     msg = str(info.value)

@@ -22,8 +22,8 @@ import cv2
 import numpy as np
 import pytest
 
-from fexsdk import capture
-from fexsdk.capture import FfmpegSink, find_ffmpeg, probe_audio
+from fexsdk.video import writer
+from fexsdk.video.writer import FfmpegSink, find_ffmpeg, probe_audio
 from fexsdk.cli import main
 from fexsdk.video import DemoConfig, DemoLoop, FrameReader, run_demo
 from tests.conftest import REPO
@@ -234,7 +234,7 @@ def test_fourcc_and_missing_ffmpeg_fall_back_to_opencv_and_say_audio_is_dropped(
     rc, out, err = _demo(capsys, "--input", clips["mp4"], "--output", tmp_path / "cv.avi", "--fourcc", "MJPG")
     assert rc == 0 and "warning" in err and "audio (if any) is dropped" in err and "MJPG (OpenCV VideoWriter)" in out
     assert probe_audio(tmp_path / "cv.avi", ffmpeg) == []
-    monkeypatch.setattr(capture, "find_ffmpeg", lambda: None)
+    monkeypatch.setattr(writer, "find_ffmpeg", lambda: None)
     stats = run_demo(DemoConfig(input=str(clips["mp4"]), output=str(tmp_path / "no_ffmpeg.mp4"), max_frames=5))
     assert "pip install imageio-ffmpeg" in capsys.readouterr().err
     assert "mp4v" in stats.codec and stats.audio.startswith("dropped") and stats.written == 5
