@@ -76,7 +76,7 @@ def bundle(checkpoint: str, eval_dir: str | None = None, command: str = "", name
         model.unlink()
         raise ValueError(f"model is {report.size_bytes / 1e6:.1f} MB; a bundled model must stay under 20 MB")
     meta = set_default_strength(model, default_strength) if default_strength else report.metadata
-    card = model_card(meta, ckpt, command, report.max_abs_diff, report.size_bytes, name)
+    card = model_card(meta, ckpt, command, report.max_abs_diff, model.stat().st_size, name)  # after the metadata edit
     if eval_dir:
         card["evaluation"] = json.loads((Path(eval_dir) / "results.json").read_text())
     model.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
