@@ -66,7 +66,7 @@ class Run:
 #: The warm-start checkpoint of the ``finetune`` group (the clean model's CPU run, optimizers dropped).
 WARMSTART = ".gpudata/warmstart.pt"
 #: The bundled generator, for the ``finetune-bundled`` group: tracked, so nothing needs carrying.
-BUNDLED = "fexsdk/models/default.onnx"
+BUNDLED = "fexsdk/models/paint.onnx"  # the model training/weights/default-discriminator.safetensors was trained against
 #: The D trained against it (``fex train --init-discriminator``), tracked too.
 BUNDLED_D = "training/weights/default-discriminator.safetensors"
 

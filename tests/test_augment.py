@@ -280,7 +280,9 @@ def test_init_from_the_bundled_onnx_takes_its_generator_and_a_fresh_discriminato
     """Fine-tuning the shipped model: G and EMA G from the ONNX weights, D as a cold start draws it."""
     pytest.importorskip("onnx")
     from fexsdk.training.checkpoint import checkpoint_from_onnx
-    from fexsdk.transfer import DEFAULT_MODEL
+    from fexsdk.transfer import BUNDLED_DIR
+
+    DEFAULT_MODEL = BUNDLED_DIR / "paint.onnx"  # the model the committed D was trained against
 
     kw = dict(preset="fex-small-bilinear-wgan-clean", max_steps=2, n_critic=1, batch_size=8)
     warm = Trainer(_cfg(tmp_path / "warm", init_from=str(DEFAULT_MODEL), d_warmup=2, **kw))
@@ -316,7 +318,9 @@ def test_init_discriminator_restores_a_saved_d_beside_an_onnx_generator(tmp_path
     pytest.importorskip("onnx")
     from fexsdk.export.onnx_export import export_onnx
     from fexsdk.training.checkpoint import load_discriminator, save_discriminator
-    from fexsdk.transfer import DEFAULT_MODEL
+    from fexsdk.transfer import BUNDLED_DIR
+
+    DEFAULT_MODEL = BUNDLED_DIR / "paint.onnx"  # the model the committed D was trained against
 
     src = Trainer(_cfg(tmp_path / "src", max_steps=4))
     src.fit()

@@ -152,7 +152,7 @@ def tr():
     from fexsdk.transfer import Transfer
 
     # IMG is a flat gray square, not a face: the check that leaves blurred faces alone would skip it.
-    return Transfer(device="cpu", threads=1, skip_unsuitable=False)
+    return Transfer("paint", device="cpu", threads=1, skip_unsuitable=False)  # a flat image: a warp model moves nothing
 
 
 IMG = np.full((200, 200, 3), 120, np.uint8)

@@ -84,7 +84,7 @@ def test_the_runtime_works_with_training_export_and_torch_blocked():
     out = _run_blocked("fexsdk", ("fexsdk.training", "fexsdk.export", "training", "export", "torch"), """
 import numpy as np
 from fexsdk import Transfer
-img = np.full((120, 120, 3), 128, np.uint8)
+img = np.random.default_rng(0).integers(0, 256, (120, 120, 3), dtype=np.uint8)  # texture: a warp model moves pixels
 out = Transfer(device="cpu", skip_unsuitable=False).apply(img, "happy", faces=[(30, 30, 60, 60)], seed=0)
 assert out.shape == img.shape and not np.array_equal(out, img)
 """)

@@ -314,11 +314,12 @@ def test_concurrent_requests_batched_equal_apply(server, ref, png_bytes, jpeg_by
     """Four requests of two faces each at once: their faces share generator calls, and every result is
     bit for bit Transfer.apply's with the same seed."""
     jobs = [
-        ("png", png_bytes, {"emotion": "happy", "seed": "1"}, ("happy", 1, 1.0)),
-        ("jpeg", jpeg_bytes, {"emotion": "surprise", "seed": "2"}, ("surprise", 2, 1.0)),
+        # No strength in the request: the model's default strength for the emotion (None), as in apply.
+        ("png", png_bytes, {"emotion": "happy", "seed": "1"}, ("happy", 1, None)),
+        ("jpeg", jpeg_bytes, {"emotion": "surprise", "seed": "2"}, ("surprise", 2, None)),
         ("png", png_bytes, {"emotion": "happy=0.7,surprise=0.3", "seed": "3", "strength": "0.5"},
          ({"happy": 0.7, "surprise": 0.3}, 3, 0.5)),
-        ("multipart", png_bytes, {"emotion": "anger", "seed": "4"}, ("angry", 4, 1.0)),
+        ("multipart", png_bytes, {"emotion": "anger", "seed": "4"}, ("angry", 4, None)),
     ]
     _, _, before = http(f"{server}/stats")
     results: dict = {}
