@@ -82,3 +82,45 @@ def test_flow_only_weights_warm_start_a_painting_head():
     assert torch.equal(paint.head.weight[:2], flow_only.head.weight)
     assert torch.equal(paint.head.weight[2:], before)
     assert paint.head.bias[-1].item() == -3.0  # the mask starts closed: "little paint"
+
+
+def test_mouth_region_head_cannot_paint_over_eyes_or_brows():
+    """paint_region="mouth": even a head whose mask is fully open paints only between the lips."""
+    G = Generator(**vars(get_preset("fex-small-believable-mouth").generator))
+    with torch.no_grad():
+        G.head.bias[-1] = 20.0  # sigmoid -> 1: the mask wants to paint everywhere
+        G.head.bias[2] = 20.0  # painted image white
+    x = torch.full((1, 1, S, S), -1.0)
+    parts = G.forward_parts(x, torch.eye(7)[:1])
+    (ex, ey), _ = priors.FER_EYES
+    mx = sum(p[0] for p in priors.FER_MOUTH_CORNERS) / 2
+    my = sum(p[1] for p in priors.FER_MOUTH_CORNERS) / 2
+    assert parts.mask[0, 0, int(my), int(mx)] > 0.9
+    assert parts.mask[0, 0, : int(ey) + 2].max() < 1e-3  # eyes, brows, forehead
+    assert parts.residual[0, 0, : int(ey) + 2].abs().max() < 2e-3
+
+
+def test_paint_region_needs_a_painting_warp_head():
+    cfg = vars(get_preset("fex-small-believable-flow").generator).copy()
+    cfg["paint_region"] = "mouth"
+    with pytest.raises(ValueError, match="painting warp head"):
+        Generator(**cfg)
+    cfg["paint"], cfg["paint_region"] = True, "lips"
+    with pytest.raises(ValueError, match="allowed"):
+        Generator(**cfg)
+
+
+def test_the_bundled_flow_only_default_warm_starts_the_mouth_painting_preset(tmp_path):
+    """--init-from fexsdk/models/default.onnx with fex-small-believable-mouth: flow weights kept, paint closed."""
+    pytest.importorskip("onnx")
+    from fexsdk.training.checkpoint import checkpoint_from_onnx
+    from fexsdk.training.trainer import TrainConfig, Trainer
+    from fexsdk.transfer import BUNDLED_DIR
+
+    src = BUNDLED_DIR / "default.onnx"
+    cfg = TrainConfig(preset="fex-small-believable-mouth", synthetic=16, out=str(tmp_path / "run"), batch_size=4,
+                      max_steps=1, progress=False, threads=1, init_from=str(src))
+    run = Trainer(cfg)
+    flow = checkpoint_from_onnx(src)["G"]["head.weight"]
+    assert torch.equal(run.G.head.weight[:2], flow)
+    assert run.G.head.bias[-1].item() == -3.0

@@ -66,6 +66,23 @@ def prior_maps(size: int = 48) -> PriorMaps:
     return PriorMaps(still, mouth[None, None])
 
 
+#: Where a mouth-region painting head may paint: the lips and the gap between them, in FER pixels.
+PAINT_REGION_SIGMA = (0.6, 4.0)  # x: fraction of the mouth width; y: pixels at 48x48
+
+
+def paint_region_map(size: int = 48) -> torch.Tensor:
+    """(1, 1, S, S) in [0, 1]: 1 between the average face's lips, falling to ~0 at the nose tip and chin.
+
+    Multiplied into a painting head's mask, it makes paint anywhere else impossible by construction:
+    penalties alone did not stop a classifier-driven head from painting blobs over eyes and brows.
+    """
+    k = size / 48.0
+    (mx0, my0), (mx1, my1) = FER_MOUTH_CORNERS
+    sx, sy = PAINT_REGION_SIGMA
+    region = _gauss(size, (mx0 + mx1) / 2 * k, (my0 + my1) / 2 * k, sx * (mx1 - mx0) * k, sy * k)
+    return region[None, None]
+
+
 def jacobian_det(flow_px: torch.Tensor) -> torch.Tensor:
     """det(I + grad u) of a pixel flow by forward differences: (B, 1, S-1, S-1); 1 = no area change."""
     u, v = flow_px[:, 0:1], flow_px[:, 1:2]

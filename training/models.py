@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fexsdk.training.flow_priors import paint_region_map
+
 #: Dropout positions the generator understands.
 #: "first"/"last": after the first and the last activation (the report's dropout preset);
 #: "residual": after the activation inside every residual block (skip+dropout preset).
@@ -27,6 +29,8 @@ UPSAMPLE_MODES = ("transpose", "nearest", "bilinear")
 #: "warp": a displacement field, a painted image and a mask, combined as
 #: ``mask * painted + (1 - mask) * warp(input, flow)``: the face's own pixels move.
 OUTPUT_MODES = ("image", "warp")
+#: Where a painting warp head may paint (see GeneratorConfig.paint_region).
+PAINT_REGIONS = ("", "mouth")
 
 #: Largest displacement a warp head can predict, in grid units ([-1, 1] spans the image): 1/8 of the size.
 MAX_FLOW = 0.25
@@ -61,6 +65,10 @@ class GeneratorConfig:
     #: control points and bilinearly interpolated back, so it is smooth by construction and cannot
     #: fold while neighbouring control points cannot cross: max_flow < c / image_size.
     flow_cell: int = 0
+    #: Painting warp heads only: "" = paint anywhere the mask says; "mouth" = the mask is multiplied by a
+    #: fixed map of the average face's mouth (training/flow_priors.paint_region_map), so paint can only
+    #: darken an opening mouth or cover teeth, never draw over eyes, brows or cheeks.
+    paint_region: str = ""
 
     @classmethod
     def from_saved(cls, saved: dict) -> "GeneratorConfig":
@@ -76,6 +84,10 @@ class GeneratorConfig:
             raise ValueError(f"flow_cell must be 0 or divide image_size {self.image_size}, got {self.flow_cell}")
         if not 0.0 < self.max_flow <= 1.0:
             raise ValueError(f"max_flow must be in (0, 1] (grid units), got {self.max_flow}")
+        if self.paint_region not in PAINT_REGIONS:
+            raise ValueError(f"unknown paint_region {self.paint_region!r}; allowed: {PAINT_REGIONS}")
+        if self.paint_region and not (self.output == "warp" and self.paint):
+            raise ValueError("paint_region needs a painting warp head (output='warp', paint=True)")
         if self.output == "warp" and self.input_skip:
             raise ValueError("input_skip applies to output='image' only: a warp head starts from the input by design")
         bad = [p for p in self.dropout_at if p not in DROPOUT_POSITIONS]
@@ -197,6 +209,8 @@ class Generator(nn.Module):
                 if cfg.paint:
                     self.head.bias[-1] = -3.0
             self.register_buffer("grid", identity_grid(s), persistent=False)
+            if cfg.paint_region == "mouth":
+                self.register_buffer("region", paint_region_map(s), persistent=False)
         else:
             self.head = nn.Conv2d(d, cfg.in_channels, 7, 1, 3, bias=False)
 
@@ -243,6 +257,8 @@ class Generator(nn.Module):
             return WarpOutput(warped, flow, zeros, zeros[:, :1])
         painted = torch.tanh(raw[:, 2 : 2 + c])
         mask = torch.sigmoid(raw[:, 2 + c :])
+        if self.config.paint_region:
+            mask = mask * self.region
         residual = mask * (painted - warped)
         return WarpOutput(warped + residual, flow, residual, mask)
 

@@ -339,6 +339,23 @@ def fex_small_believable_flow() -> Preset:
 
 
 @register_preset
+def fex_small_believable_mouth() -> Preset:
+    """fex-small-believable-flow that may also paint, but only between the lips (paint_region="mouth").
+
+    A flow cannot open a closed mouth: surprise and fear need the dark gap between the lips, which only
+    paint can make. Earlier painting heads drew blobs over eyes and brows under a strong class weight;
+    here the mask is multiplied by a fixed mouth map, so nothing can be painted elsewhere, and paint
+    inside the mouth is charged by amplitude and broad shading only lightly."""
+    p = fex_small_believable()
+    p.name = "fex-small-believable-mouth"
+    p.description = "fex-small-believable-flow + paint only between the lips (fixed mouth map), lambda_cls 4"
+    p.generator.paint_region = "mouth"
+    p.loss.lambda_cls = 4.0
+    p.loss.lambda_paint, p.loss.lambda_shading = 2.0, 8.0
+    return p
+
+
+@register_preset
 def tiny() -> Preset:
     """A few thousand parameters: for tests and smoke runs, not for results."""
     return Preset(

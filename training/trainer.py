@@ -498,7 +498,8 @@ class Trainer:
     def _init_from(self, path: Path) -> None:
         ckpt = checkpoint_from_onnx(path) if path.suffix == ".onnx" else load_checkpoint(path)
         source, ours = generator_config(ckpt), config_dict(self.G)
-        adds_paint = {**source, "paint": True} == ours and source.get("paint") is False
+        # A flow-only head may warm-start the same head that also paints (anywhere, or in its paint_region).
+        adds_paint = {**source, "paint": True, "paint_region": ours["paint_region"]} == ours and source.get("paint") is False
         if source != ours and not adds_paint:
             raise ValueError(f"--init-from: {path} holds a different generator ({ckpt['preset']}) than preset {self.preset.name}")
         if "D" in ckpt and ckpt.get("discriminator_config") != config_dict(self.D):
