@@ -14,6 +14,7 @@ bit-identical.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from numbers import Real
@@ -46,18 +47,27 @@ def face_mask(size: int, feather: float = DEFAULT_FEATHER) -> np.ndarray:
     The ellipse is inscribed in the box (semi-axes 0.45 and 0.5 of the side); the
     mask falls smoothly (smoothstep) from 1 to 0 over the outer ``feather``
     fraction of its radius. ``feather=0`` gives a hard-edged ellipse.
+    Read-only and cached by (size, feather): video pastes the same few sizes on every frame.
     """
     size = int(size)
     if size < 1:
         raise ValueError(f"size must be >= 1, got {size}")
+    return _face_mask(size, float(feather))
+
+
+@functools.lru_cache(maxsize=64)
+def _face_mask(size: int, feather: float) -> np.ndarray:
     t = (np.arange(size, dtype=np.float32) + 0.5) / size - 0.5
     u = (t / _AXES[0])[None, :]
     v = (t / _AXES[1])[:, None]
     r = np.sqrt(u * u + v * v)
     if feather <= 0:
-        return (r < 1.0).astype(np.float32)
-    s = np.clip((1.0 - r) / feather, 0.0, 1.0)
-    return (s * s * (3.0 - 2.0 * s)).astype(np.float32)
+        mask = (r < 1.0).astype(np.float32)
+    else:
+        s = np.clip((1.0 - r) / feather, 0.0, 1.0)
+        mask = (s * s * (3.0 - 2.0 * s)).astype(np.float32)
+    mask.flags.writeable = False
+    return mask
 
 
 def _check_batch(name: str, arr, n: int) -> np.ndarray:
