@@ -77,6 +77,27 @@ def _faces_choice(text: str):
     return [int(p) for p in parts]
 
 
+def _track_choice(text: str):
+    """``fex demo --faces``: all (None), largest (on each frame), or comma-separated track ids."""
+    try:
+        return _faces_choice(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected all, largest or track ids such as 1,3 (drawn at each face in the "
+                                         f"overlay), got {text.strip()!r}") from None
+
+
+def _demo_emotion(text: str):
+    """``fex demo -e``: one emotion as typed (checked by DemoConfig, as before), or one per track id, 1:happy,3:sad."""
+    if ":" not in text:
+        return text
+    from fexsdk.emotions import parse_target
+
+    try:
+        return parse_target(text)  # {track id: emotion}; DemoConfig refuses intensities
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _add_runtime(sub: argparse._SubParsersAction) -> None:
     common = add_transfer_arguments(argparse.ArgumentParser(add_help=False))
     common.add_argument("--seed", type=_SEED, default=0, help="test-time noise seed (same seed, same result)")
@@ -219,7 +240,7 @@ def _run_grid(args: argparse.Namespace) -> int:
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="live expression transfer on a webcam or a video file",
-                       description="Change the expression of every face in a webcam or video, live. Window keys: "
+                       description="Change the expression of every face in a webcam or video (or those --faces picks), live. Window keys: "
                                    "1-7 emotion, n/p next/previous, s save a frame, space original/transfer, q/Esc quit. "
                                    "With --output, --stream, --virtual-camera or --headless no window is opened. Ctrl-C or SIGTERM stops after the "
                                    "current frame and finishes the output file (it plays), then exits 130 or 143.")
@@ -258,7 +279,12 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     add_transfer_arguments(p, ("align", "model", "detector", "device", "threads", "blend", "strength", "detect_size"),
                            help={"align": "do not turn tilted faces upright by their eye landmarks"},
                            defaults=DEMO_TRANSFER)
-    p.add_argument("-e", "--emotion", default="happy", help="emotion to start with: name, alias or index 0-6 (default: happy)")
+    p.add_argument("-e", "--emotion", type=_demo_emotion, default="happy",
+                   help="emotion to start with: name, alias or index 0-6 (default: happy); or one per track id, "
+                        "e.g. 1:happy,3:sad (tracks not named stay as they are; ids are drawn at each face in the overlay)")
+    p.add_argument("--faces", type=_track_choice, default=None, metavar="WHICH",
+                   help="which faces to change: all (default), largest (the largest on each frame), or track ids "
+                        "such as 1,3 (ids start at 0 and are drawn at each face in the overlay)")
     p.add_argument("--seed", type=_SEED, default=0, help="noise seed; face track i keeps the noise face i gets from `fex apply --seed` for its whole life")
     p.add_argument("--fresh-noise", action="store_true", help="draw new dropout noise every frame (flickers; for comparison)")
     p.add_argument("--detect-every", type=_POSITIVE, default=3, metavar="K", help="run the face detector every K frames, track in between")
@@ -292,7 +318,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     cfg = DemoConfig(
         camera=args.camera, input=args.input, output=args.output, headless=args.headless, overlay=args.overlay,
         transfer=TransferOptions.from_args(args, DEMO_TRANSFER),
-        emotion=args.emotion, seed=None if args.fresh_noise else args.seed,
+        emotion=args.emotion, faces=args.faces, seed=None if args.fresh_noise else args.seed,
         detect_every=args.detect_every, detect_thread=args.detect_thread,
         smoothing=args.smoothing, velocity=args.velocity, drop_after=args.drop_after,
         max_frames=args.max_frames, fourcc=args.fourcc, save_dir=args.save_dir, open_timeout=args.timeout,

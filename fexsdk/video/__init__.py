@@ -28,7 +28,7 @@ from fexsdk.video.loop import DemoLoop, run_demo
 from fexsdk.video.reader import Frame, FrameReader, FrameTimeout, VideoSourceError
 from fexsdk.video.stats import DemoStats
 from fexsdk.video.tracking import Box, FaceTracker, Track
-from fexsdk.video.window import KEY_HELP, CvWindow, GuiUnavailable, draw_overlay, gui_support
+from fexsdk.video.window import KEY_HELP, CvWindow, GuiUnavailable, draw_overlay, draw_track_ids, gui_support
 from fexsdk.video.writer import (
     FFMPEG_SUFFIXES,
     FOURCC_BY_SUFFIX,
@@ -64,6 +64,7 @@ __all__ = [
     "box_iou",
     "check_stream_url",
     "draw_overlay",
+    "draw_track_ids",
     "find_ffmpeg",
     "gui_support",
     "open_video_sink",

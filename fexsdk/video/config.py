@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Optional, Union
 
 import numpy as np
@@ -22,6 +23,54 @@ def _emotion(value: Union[str, int]) -> int:
     return emotion_index(value)
 
 
+#: Which tracks change: None (every track), "largest" (the largest on each frame) or a list of track ids.
+FaceChoice = Union[None, str, Sequence[int]]
+#: One emotion for every chosen track (name, alias or index), or one per track id ({1: "happy", 3: "sad"}).
+DemoEmotion = Union[str, int, Mapping[int, Union[str, int]]]
+
+
+def _is_track_id(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and int(value) >= 0
+
+
+def face_choice(faces: FaceChoice) -> Union[None, str, list[int]]:
+    """A checked face choice: None, "largest" or the sorted track ids (as Transfer.apply's faces=, by track id)."""
+    what = ('faces must be None (every track), "largest" (the largest track on each frame) or a list of track ids '
+            "(integers >= 0, drawn at each face in the overlay)")
+    if faces is None or (isinstance(faces, str) and faces == "largest"):
+        return faces
+    if isinstance(faces, (str, bytes, Mapping)) or not isinstance(faces, (Sequence, np.ndarray)):
+        raise ValueError(f"{what}, got {faces!r}")
+    if len(faces) == 0:
+        raise ValueError(f"{what}; got an empty list (give at least one track id, or None for every track)")
+    bad = [f for f in faces if not _is_track_id(f)]
+    if bad:
+        raise ValueError(f"{what}; {bad[0]!r} in {list(faces)!r} is not a track id")
+    return sorted({int(f) for f in faces})  # a track id given twice is one choice, as in Transfer.apply
+
+
+def track_emotions(emotion: DemoEmotion) -> Optional[dict[int, int]]:
+    """{track id: emotion index} for an emotion per track, None for one emotion (checked either way)."""
+    if not isinstance(emotion, Mapping):
+        _emotion(emotion)
+        return None
+    example = 'e.g. {1: "happy", 3: "sad"}'
+    if not emotion:
+        raise ValueError(f"emotion is an empty mapping: give an emotion per track id, {example}, or one emotion")
+    if all(isinstance(k, str) and not k.strip().isdigit() for k in emotion):
+        raise ValueError(f"fex demo takes one emotion (a name, alias or index) or one per track id ({example}); "
+                         f"intensities such as {dict(emotion)!r} are not supported in video")
+    out: dict[int, int] = {}
+    for key, value in emotion.items():
+        if not _is_track_id(key):
+            raise ValueError(f"an emotion per track maps track ids (integers >= 0) to emotions, {example}; "
+                             f"got the key {key!r}")
+        try:
+            out[int(key)] = _emotion(value)
+        except ValueError as exc:
+            raise ValueError(f"emotion for track {int(key)}: {exc}") from None
+    return out
+
 
 @dataclass
 class DemoConfig:
@@ -33,7 +82,12 @@ class DemoConfig:
     comparison); otherwise track ``i`` gets the noise face ``i`` gets from
     ``Transfer.apply(..., seed=seed)`` (fexsdk.noise.noise_for).
 
-    ``overlay`` (the emotion, FPS and timings drawn on the frame): None (default) draws it in
+    Which faces change, by track id (ids start at 0 and count up as faces first appear; the overlay
+    draws each track's id at its box): ``faces`` None (every track), "largest" or a list of ids; and
+    ``emotion`` one emotion for them all or one per id ({1: "happy", 3: "sad"}). A face whose track is
+    not chosen, or not in the mapping, is left bit-identical.
+
+    ``overlay`` (the emotion, FPS, timings and track ids drawn on the frame): None (default) draws it in
     the window only, never into the written video; True draws it in both, False in neither.
     ``fourcc`` forces OpenCV's VideoWriter with that codec (no audio); without it the output
     is written by ffmpeg where it can (:func:`fexsdk.video.writer.open_video_sink`). ``progress``
@@ -62,7 +116,11 @@ class DemoConfig:
     #: The model, detector, blend, threads, align, strength (None: the model's default for the emotion) and
     #: detect_size (default 480) the Transfer is built and called with (fexsdk.options.TransferOptions).
     transfer: TransferOptions = field(default_factory=DEMO_TRANSFER.replace)
-    emotion: Union[str, int] = "happy"
+    #: One emotion (name, alias or index) for every chosen track, or {track id: emotion}; keys 1-7, n, p
+    #: set the emotion of every chosen track.
+    emotion: DemoEmotion = "happy"
+    #: Which tracks change: None (all), "largest" (the largest on each frame) or a list of track ids.
+    faces: FaceChoice = None
     seed: Optional[int] = 0
     detect_every: int = 3
     detect_thread: bool = True
@@ -103,7 +161,11 @@ class DemoConfig:
             raise ValueError("give either a camera index or an input video, not both")
         if self.camera is not None and (isinstance(self.camera, bool) or not isinstance(self.camera, int)):
             raise ValueError(f"camera must be an integer index, got {self.camera!r}")
-        _emotion(self.emotion)
+        per_track = track_emotions(self.emotion)
+        chosen = face_choice(self.faces)
+        if per_track is not None and isinstance(chosen, list) and not set(chosen) & set(per_track):
+            raise ValueError(f"faces {chosen} and the tracks given an emotion {sorted(per_track)} have no id in "
+                             "common: no face would change")
         for name in ("detect_every", "drop_after"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -16,12 +16,12 @@ import cv2
 import numpy as np
 
 from fexsdk.emotions import EMOTIONS
-from fexsdk.video.config import DemoConfig, _emotion
+from fexsdk.video.config import DemoConfig, _emotion, face_choice, track_emotions
 from fexsdk.video.live import StreamSink, VirtualCameraSink, _pyvirtualcam_camera
 from fexsdk.video.reader import FrameReader, _is_url
 from fexsdk.video.stats import DemoStats
-from fexsdk.video.tracking import FaceTracker, Track
-from fexsdk.video.window import KEY_HELP, CvWindow, draw_overlay
+from fexsdk.video.tracking import Box, FaceTracker, Track
+from fexsdk.video.window import KEY_HELP, CvWindow, draw_overlay, draw_track_ids
 from fexsdk.video.writer import FfmpegSink, VideoSink, open_video_sink
 
 
@@ -109,7 +109,14 @@ class DemoLoop:
         #: Replaces pyvirtualcam.Camera for ``virtual_camera`` (tests): see :class:`fexsdk.video.live.VirtualCameraSink`.
         self.camera_class = camera_class
         self.tracker = FaceTracker(config.iou_threshold, config.smoothing, config.drop_after, config.velocity)
-        self.emotion = _emotion(config.emotion)
+        #: {track id: emotion index} when the config gives an emotion per track, else None (one for all).
+        self.track_emotions = track_emotions(config.emotion)
+        #: The emotion index shown and stepped by the keys (with an emotion per track: the first one's).
+        self.emotion = next(iter(self.track_emotions.values())) if self.track_emotions else _emotion(config.emotion)
+        #: Which tracks change: None (all), "largest" or sorted track ids (DemoConfig.faces, checked).
+        self.faces = face_choice(config.faces)
+        #: The last frame's tracks as (box, label) for the overlay: their ids, and the emotion where it changes.
+        self._labels: list[tuple[Box, str]] = []
         self.show_original = False
         self.frame_index = 0
         self.detections = 0
@@ -147,8 +154,25 @@ class DemoLoop:
         return where == "window" if overlay is None else overlay
 
     def with_overlay(self, clean: np.ndarray) -> np.ndarray:
-        """A copy of a result with the overlay drawn on it."""
-        return draw_overlay(clean.copy(), self.overlay_lines(self._faces))
+        """A copy of a result with the overlay drawn on it: the text band and each track's id at its box."""
+        return draw_overlay(draw_track_ids(clean.copy(), self._labels), self.overlay_lines(self._faces))
+
+    def chosen(self, tracks: list[Track]) -> list[tuple[Track, int]]:
+        """The tracks to change on this frame, each with its emotion index: those ``faces`` picks (all, the
+        largest, or by id) that have an emotion (every track, or those named in an emotion per track)."""
+        if self.faces == "largest":
+            tracks = [max(tracks, key=lambda t: t.box[2] * t.box[3])] if tracks else []  # ties: the lowest id
+        elif self.faces is not None:
+            tracks = [t for t in tracks if t.id in self.faces]
+        if self.track_emotions is None:
+            return [(t, self.emotion) for t in tracks]
+        return [(t, self.track_emotions[t.id]) for t in tracks if t.id in self.track_emotions]
+
+    def set_emotion(self, index: int) -> None:
+        """Set the emotion (an index, taken modulo 7) of every chosen track, as keys 1-7, n and p do."""
+        self.emotion = index % len(EMOTIONS)
+        if self.track_emotions is not None:
+            self.track_emotions = dict.fromkeys(self.track_emotions, self.emotion)
 
     def load_transfer(self):
         """Build the :class:`fexsdk.Transfer` from the config (once)."""
@@ -227,12 +251,17 @@ class DemoLoop:
         # A track moving on at its estimated speed can leave the frame before it is dropped: skip it.
         h, w = image.shape[:2]
         shown = [t for t in tracks if t.box[0] + t.box[2] > 0 and t.box[1] + t.box[3] > 0 and t.box[0] < w and t.box[1] < h]
-        if shown and not self.show_original:
+        # Only the chosen tracks go through the stages: the others' pixels are the input's, bit for bit.
+        chosen = self.chosen(shown)
+        emotion_of = {t.id: EMOTIONS[e] for t, e in chosen}
+        self._labels = [(t.box, f"{t.id} {emotion_of[t.id]}" if t.id in emotion_of and not self.show_original
+                         else str(t.id)) for t in shown]
+        if chosen and not self.show_original:
             # Transfer's stages, with each track's id picking its noise (fexsdk.noise.noise_for): the
             # same seed gives a face the same noise here as in Transfer.apply and fex eval.
-            records = tr.crop(image, tr.frame(image, [t.face() for t in shown], face_ids=[t.id for t in shown]))
+            records = tr.crop(image, tr.frame(image, [t.face() for t, _ in chosen], face_ids=[t.id for t, _ in chosen]))
             records = [r for r in tr.mark_unsuitable(records) if r.skipped is None]  # turned or blurred: left alone
-            tr.generate_faces(records, self.target, seed=c.seed)
+            tr.generate_faces(records, [emotion_of[r.face_id] for r in records], seed=c.seed)
             out = tr.paste(image, records, c.transfer.strength)
             for stage in ("crop", "generate", "paste"):  # frame (a few box sums) counts with crop
                 extra = "frame" if stage == "crop" else None
@@ -250,7 +279,14 @@ class DemoLoop:
 
     def overlay_lines(self, faces: int) -> list[str]:
         s = self.stages
-        what = "original (space: transfer)" if self.show_original else f"{self.target} ({self.emotion + 1}/{len(EMOTIONS)})"
+        if self.show_original:
+            what = "original (space: transfer)"
+        elif self.track_emotions is None:
+            what = f"{self.target} ({self.emotion + 1}/{len(EMOTIONS)})"
+        else:
+            what = "tracks " + ", ".join(f"{i} {EMOTIONS[e]}" for i, e in sorted(self.track_emotions.items()))
+        if self.faces is not None and not self.show_original:
+            what += "; largest face" if self.faces == "largest" else f"; tracks {','.join(map(str, self.faces))} only"
         fps = "-" if self.fps is None else f"{self.fps:.1f}"
         noise = "fresh noise" if self.config.seed is None else f"seed {self.config.seed}"
         return [
@@ -269,12 +305,12 @@ class DemoLoop:
             self.quit = True
             return False
         if "1" <= ch <= str(len(EMOTIONS)):
-            self.emotion = int(ch) - 1
+            self.set_emotion(int(ch) - 1)
             self.show_original = False
         elif ch == "n":
-            self.emotion = (self.emotion + 1) % len(EMOTIONS)
+            self.set_emotion(self.emotion + 1)
         elif ch == "p":
-            self.emotion = (self.emotion - 1) % len(EMOTIONS)
+            self.set_emotion(self.emotion - 1)
         elif ch == " ":
             self.show_original = not self.show_original
         elif ch == "s":

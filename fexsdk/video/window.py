@@ -10,6 +10,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from fexsdk.video.tracking import Box
+
 
 #: Keys understood by the demo window (also printed when it opens).
 KEY_HELP = "keys: 1-7 emotion, n/p next/previous, s save frame, space original/transfer, q/Esc quit"
@@ -98,4 +100,27 @@ def draw_overlay(image: np.ndarray, lines: Sequence[str]) -> np.ndarray:
     color = (255, 255, 255) if image.ndim == 3 else 255
     for i, text in enumerate(lines):
         cv2.putText(image, text, (6, 4 + line_h * (i + 1) - 4), font, scale, color, thick, cv2.LINE_AA)
+    return image
+
+
+def draw_track_ids(image: np.ndarray, labels: Sequence[tuple[Box, str]]) -> np.ndarray:
+    """Draw each track's label (its id, and its emotion where it changes) at its box's top-left corner, in place;
+    returns it. The ids are what ``fex demo --faces`` and ``-e ID:emotion`` choose tracks by."""
+    if not labels:
+        return image
+    h, w = image.shape[:2]
+    scale = 0.4 if w <= 480 else 0.5 if w <= 960 else 0.7
+    thick = 1 if w <= 960 else 2
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    color = (255, 255, 255) if image.ndim == 3 else 255
+    for (x, y, _, _), text in labels:
+        (tw, th), base = cv2.getTextSize(text, font, scale, thick)
+        bw, bh = tw + 6, th + base + 4
+        # Just above the box where there is room, else just inside it; always within the frame.
+        x0 = int(min(max(round(x), 0), max(w - bw, 0)))
+        y0 = int(round(y)) - bh
+        y0 = min(max(y0 if y0 >= 0 else int(round(y)), 0), max(h - bh, 0))
+        band = image[y0 : y0 + bh, x0 : x0 + bw]
+        band[:] = (band.astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken to 40%, as the overlay's band
+        cv2.putText(image, text, (x0 + 3, y0 + 2 + th), font, scale, color, thick, cv2.LINE_AA)
     return image
