@@ -121,6 +121,9 @@ class DemoConfig:
     emotion: DemoEmotion = "happy"
     #: Which tracks change: None (all), "largest" (the largest on each frame) or a list of track ids.
     faces: FaceChoice = None
+    #: At most this many faces through the generator per frame, the longest-waiting first; the others are
+    #: pasted with their last outputs at their current box (fexsdk.video.reuse). None: every face, every frame.
+    faces_per_frame: Optional[int] = None
     seed: Optional[int] = 0
     detect_every: int = 3
     detect_thread: bool = True
@@ -166,6 +169,10 @@ class DemoConfig:
         if per_track is not None and isinstance(chosen, list) and not set(chosen) & set(per_track):
             raise ValueError(f"faces {chosen} and the tracks given an emotion {sorted(per_track)} have no id in "
                              "common: no face would change")
+        if self.faces_per_frame is not None and (isinstance(self.faces_per_frame, bool)
+                                                 or not isinstance(self.faces_per_frame, int) or self.faces_per_frame < 1):
+            raise ValueError(f"faces_per_frame must be an integer >= 1 (or None: every face on every frame), "
+                             f"got {self.faces_per_frame!r}")
         for name in ("detect_every", "drop_after"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -19,6 +19,7 @@ from fexsdk.emotions import EMOTIONS
 from fexsdk.video.config import DemoConfig, _emotion, face_choice, track_emotions
 from fexsdk.video.live import StreamSink, VirtualCameraSink, _pyvirtualcam_camera
 from fexsdk.video.reader import FrameReader, _is_url
+from fexsdk.video.reuse import GenerationBudget
 from fexsdk.video.stats import DemoStats
 from fexsdk.video.tracking import Box, FaceTracker, Track
 from fexsdk.video.window import KEY_HELP, CvWindow, draw_overlay, draw_track_ids
@@ -62,6 +63,10 @@ class _StopOnSignals:
         for sig, previous in self._previous.items():
             signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
         self._previous.clear()
+
+
+#: Stages in DemoStats.timings_ms even where they never ran (read and write appear once used).
+_ALWAYS_REPORTED = ("detect", "crop", "generate", "paste")
 
 
 class _Stage:
@@ -109,6 +114,8 @@ class DemoLoop:
         #: Replaces pyvirtualcam.Camera for ``virtual_camera`` (tests): see :class:`fexsdk.video.live.VirtualCameraSink`.
         self.camera_class = camera_class
         self.tracker = FaceTracker(config.iou_threshold, config.smoothing, config.drop_after, config.velocity)
+        #: Which faces go through the generator on each frame (all, unless config.faces_per_frame).
+        self.budget = GenerationBudget(config.faces_per_frame)
         #: {track id: emotion index} when the config gives an emotion per track, else None (one for all).
         self.track_emotions = track_emotions(config.emotion)
         #: The emotion index shown and stepped by the keys (with an emotion per track: the first one's).
@@ -120,7 +127,7 @@ class DemoLoop:
         self.show_original = False
         self.frame_index = 0
         self.detections = 0
-        self.stages = {"detect": _Stage(), "crop": _Stage(), "generate": _Stage(), "paste": _Stage()}
+        self.stages = {name: _Stage() for name in ("read", "detect", "crop", "generate", "paste", "write")}
         self.fps: Optional[float] = None
         self._last_done: Optional[float] = None
         self.last_clean: Optional[np.ndarray] = None
@@ -259,13 +266,18 @@ class DemoLoop:
         if chosen and not self.show_original:
             # Transfer's stages, with each track's id picking its noise (fexsdk.noise.noise_for): the
             # same seed gives a face the same noise here as in Transfer.apply and fex eval.
-            records = tr.crop(image, tr.frame(image, [t.face() for t, _ in chosen], face_ids=[t.id for t, _ in chosen]))
-            records = [r for r in tr.mark_unsuitable(records) if r.skipped is None]  # turned or blurred: left alone
-            tr.generate_faces(records, [emotion_of[r.face_id] for r in records], seed=c.seed)
+            framed = tr.frame(image, [t.face() for t, _ in chosen], face_ids=[t.id for t, _ in chosen])
+            # With faces_per_frame, some faces are pasted with their last outputs at their new box (reuse.py).
+            due, _ = self.budget.plan(framed, emotion_of)
+            due = tr.mark_unsuitable(tr.crop(image, due))  # turned or blurred: left alone
+            fresh = [r for r in due if r.skipped is None]
+            tr.generate_faces(fresh, [emotion_of[r.face_id] for r in fresh], seed=c.seed)
+            self.budget.keep(due, emotion_of, index)
+            records = [r for r in framed if r.skipped is None]
             out = tr.paste(image, records, c.transfer.strength)
-            for stage in ("crop", "generate", "paste"):  # frame (a few box sums) counts with crop
-                extra = "frame" if stage == "crop" else None
-                self.stages[stage].add(sum(r.timings[stage] + r.timings.get(extra, 0.0) for r in records) / 1000.0)
+            for stage, part in (("crop", framed), ("generate", fresh), ("paste", records)):  # frame counts with crop
+                self.stages[stage].add(sum(r.timings.get(stage, 0.0) + (r.timings.get("frame", 0.0) if stage == "crop"
+                                                                         else 0.0) for r in part) / 1000.0)
         else:
             out = image.copy()
         self.last_clean = out
@@ -416,15 +428,20 @@ class DemoLoop:
                     wait = start + stats.frames * interval - time.perf_counter()
                     if wait > 0:
                         time.sleep(wait)
+                t_read = time.perf_counter()
                 frame = reader.read(timeout=c.read_timeout)
                 if frame is None:
                     break
                 captured = frame.time if reader.live else time.perf_counter()
+                self.stages["read"].add(time.perf_counter() - t_read)  # waiting for the decoder (or camera)
                 clean = self.transform(frame.image)
                 stats.frames += 1
                 marked = self.with_overlay(clean) if (file_overlay and outputs) or (window_overlay and display) else clean
+                t_write = time.perf_counter()
                 for out in outputs:
                     out.write(marked if file_overlay else clean)
+                if outputs:
+                    self.stages["write"].add(time.perf_counter() - t_write)
                 if self._bar is not None:
                     self._bar.update(1)
                 if display is not None:
@@ -474,7 +491,8 @@ class DemoLoop:
                 stats.reason = "truncated"
         stats.detections = self.detections
         stats.tracks = self.tracker.created
-        stats.timings_ms = {k: v.mean_ms for k, v in self.stages.items()}
+        stats.timings_ms = {k: v.mean_ms for k, v in self.stages.items() if v.count or k in _ALWAYS_REPORTED}
+        stats.faces_generated, stats.faces_reused = self.budget.generated, self.budget.reused
         stats.saved = list(self.saved)
         return stats
 

@@ -31,8 +31,12 @@ class DemoStats:
     #: The output's codec and what became of the input's audio (as logged when writing starts).
     codec: Optional[str] = None
     audio: Optional[str] = None
-    #: Mean milliseconds per call of each stage: detect (frames where it ran), generate and paste (frames with faces).
+    #: Mean milliseconds per call of each stage: read (waiting for the decoder or camera, per frame), detect
+    #: (frames where it ran), crop, generate and paste (frames with faces), write (frames sent to an output).
     timings_ms: dict[str, float] = field(default_factory=dict)
+    #: Faces through the generator, and faces pasted with their last outputs (``faces_per_frame``).
+    faces_generated: int = 0
+    faces_reused: int = 0
     saved: list[str] = field(default_factory=list)
     #: The live outputs: the stream's URL and the frames sent to it; the virtual camera and its frames.
     stream: Optional[str] = None
@@ -73,6 +77,7 @@ class DemoStats:
             "source_fps": self.source_fps, "realtime": self.realtime, "reason": self.reason,
             "latency_ms": self.latency_summary(),
             "timings_ms": {k: round(v, 3) for k, v in self.timings_ms.items()},
+            "faces_generated": self.faces_generated, "faces_reused": self.faces_reused,
             "read": self.read, "dropped": self.dropped, "detections": self.detections, "tracks": self.tracks,
             "output": self.output, "written": self.written, "codec": self.codec, "audio": self.audio,
             "stream": self.stream, "streamed": self.streamed,
