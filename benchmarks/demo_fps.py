@@ -1,19 +1,22 @@
-"""`fex demo` end to end on a video file: frames per second and stage times, one face.
+"""`fex demo` end to end on a video file: frames per second, latency and stage times, one face or four.
 
-    python benchmarks/demo_fps.py                     # levers A/B at 640x480, then the 1280x720 rows
+    python benchmarks/demo_fps.py                     # levers A/B at 640x480, the 1280x720 rows, 4 faces at 1280x720
+    python benchmarks/demo_fps.py --sizes 1280x720x4 --variants fpf2 int8-fpf2
     python benchmarks/demo_fps.py --variants before 480-thread int8 --rounds 2
     python benchmarks/demo_fps.py --avx2-limits       # OpenCV held to AVX2 (see below)
     python benchmarks/demo_fps.py --json demo.json
 
 The clip: one FER2013 PublicTest face (from --data, default ../shared/data/fer2013.npz; without
 it scikit-image's astronaut) placed large on a textured colour background and drifting slowly
-(about 1 px per frame), written as H.264 .mp4 at 30 fps, 640x480 and 1280x720. Each run is the
+(about 1 px per frame), written as H.264 .mp4 at 30 fps, 640x480 and 1280x720; and "1280x720x4":
+four real colour faces from docs/photos side by side, each drifting. Each run is the
 real `fex demo` path (fexsdk.video.run_demo: the reader thread decoding the file, detection every
 ``--detect-every`` frames and tracking, Transfer's crop, generate and paste, and with a file the
 ffmpeg writer, H.264 .mp4) headless, once without an output file and once with one.
 
 Reported per run: FPS end to end (frames / seconds of the loop; the model is loaded before),
-the demo's own stage means (detect per detection, crop, generate, paste per frame with a face),
+capture-to-output latency p50/p95, the demo's own stage means (read: waiting for the decoder; detect per
+detection; crop, generate, paste per frame with faces; write: handing the frame to ffmpeg),
 and the CPU it cost: this process (all its threads) and ffmpeg's (the writer), in ms per frame.
 Two cores give 33 ms of CPU per frame at 60 FPS: CPU per frame above that cannot reach 60 FPS
 there, whatever overlaps. Variants of one size run interleaved, ``--rounds`` times, and the
@@ -57,8 +60,10 @@ from fexsdk.video import DemoConfig, run_demo  # noqa: E402
 from latency_machine import cpu_facts, isa_line, restart_with_avx2_limits, versions  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "fer2013.npz"
-#: (frame size, side of the face in pixels)
-SIZES = {"640x480": ((640, 480), 200), "1280x720": ((1280, 720), 300)}
+#: (frame size, side of each face's picture in pixels, faces): one FER2013 face, or real colour photo faces side by side.
+SIZES = {"640x480": ((640, 480), 200, 1), "1280x720": ((1280, 720), 300, 1), "1280x720x4": ((1280, 720), 300, 4)}
+#: Colour photos (docs/photos, sources in its SOURCES.md) whose first face fills the multi-face clips.
+PHOTO_FACES = ("astronaut.jpg", "obama-official.jpg", "grace-hopper.jpg", "giunchedi-dark.jpg")
 #: The settings timed, by key: (label, settings). "before" is the demo as it was before issue 14.
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "before": ("before: full-size detection, inline", dict(detect_size=None, detect_thread=False)),
@@ -69,10 +74,16 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "480-thread-ort1": ("default, onnxruntime 1 thread", dict(detect_size=480, detect_thread=True, threads=1)),
     "int8": ("default + int8 model", dict(detect_size=480, detect_thread=True, int8=True)),
     "320-int8": ("320-px copy + thread + int8 model", dict(detect_size=320, detect_thread=True, int8=True)),
+    "fpf2": ("default + --faces-per-frame 2", dict(detect_size=480, detect_thread=True, faces_per_frame=2)),
+    "320-fpf2": ("320-px copy + thread + --faces-per-frame 2", dict(detect_size=320, detect_thread=True, faces_per_frame=2)),
+    "int8-fpf2": ("default + int8 + --faces-per-frame 2", dict(detect_size=480, detect_thread=True, int8=True,
+                                                              faces_per_frame=2)),
 }
 #: Timed at the first size by default; later sizes get LATER_SIZES.
 FIRST_SIZE = ["before", "480", "320", "480-thread", "320-thread", "480-thread-ort1", "int8", "320-int8"]
 LATER_SIZES = ["before", "480-thread", "int8"]
+#: The multi-face clip's own list (its faces are about 170 px: 320 still finds them).
+MULTI_FACE = ["480-thread", "int8", "fpf2", "320-fpf2", "int8-fpf2"]
 
 
 def _face_image(data: Optional[Path]) -> tuple[np.ndarray, str]:
@@ -93,23 +104,46 @@ def _face_image(data: Optional[Path]) -> tuple[np.ndarray, str]:
     return astro[0:260, 110:370], "scikit-image astronaut (head and shoulders)"
 
 
-def make_clip(path: Path, size: tuple[int, int], face_px: int, face: np.ndarray, frames: int, fps: float = 30.0) -> None:
-    """One face drifting slowly (a sine, at most ~1 px/frame) over a textured colour background, as H.264 .mp4."""
+def photo_faces(n: int) -> list[np.ndarray]:
+    """Head-and-shoulders squares cut around the first face YuNet finds in each of PHOTO_FACES (colour)."""
+    det = YuNetDetector(input_size=None)
+    out = []
+    for name in PHOTO_FACES[:n]:
+        img = cv2.imread(str(REPO / "docs" / "photos" / name))
+        if img is None:
+            raise FileNotFoundError(f"docs/photos/{name} is missing: the multi-face clip needs it")
+        x, y, fw, fh = (float(v) for v in det.detect(img)[0].box[:4])
+        side = int(1.35 * max(fw, fh))
+        x0, y0 = int(x + fw / 2 - side / 2), int(y + fh / 2 - side / 2)
+        pad = cv2.copyMakeBorder(img, side, side, side, side, cv2.BORDER_REPLICATE)
+        out.append(pad[y0 + side : y0 + 2 * side, x0 + side : x0 + 2 * side])
+    return out
+
+
+def make_clip(path: Path, size: tuple[int, int], face_px: int, face: np.ndarray | list[np.ndarray], frames: int,
+              fps: float = 30.0) -> None:
+    """Faces side by side, each drifting slowly (a sine, at most ~1 px/frame, out of phase) over a textured
+    colour background, as H.264 .mp4."""
+    faces = face if isinstance(face, list) else [face]
     w, h = size
     rng = np.random.default_rng(0)
     noise = cv2.resize(rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8), (w, h), interpolation=cv2.INTER_CUBIC)
     ramp = np.linspace(0, 60, w, dtype=np.float32)[None, :, None]
     background = np.clip(cv2.GaussianBlur(noise, (0, 0), 2).astype(np.float32) * 0.6 + ramp + 30, 0, 255).astype(np.uint8)
-    fh = round(face_px * face.shape[0] / face.shape[1])
-    big = cv2.resize(face, (face_px, fh), interpolation=cv2.INTER_CUBIC)
-    amp = min(60.0, (w - face_px) / 2 - 10)
+    cell = w // len(faces)
+    face_px = min(face_px, cell - 20)
+    bigs = [cv2.resize(f, (face_px, round(face_px * f.shape[0] / f.shape[1])), interpolation=cv2.INTER_CUBIC)
+            for f in faces]
+    amp = min(60.0, (cell - face_px) / 2 - 5)
     sink = open_video_sink(path, fps, size)
     try:
         for i in range(frames):
-            x = round((w - face_px) / 2 + amp * np.sin(2 * np.pi * i / 240))
-            y = (h - fh) // 2
             f = background.copy()
-            f[y : y + fh, x : x + face_px] = big
+            for k, big in enumerate(bigs):
+                fh = big.shape[0]
+                x = round(k * cell + (cell - face_px) / 2 + amp * np.sin(2 * np.pi * i / 240 + k))
+                y = (h - fh) // 2
+                f[y : y + fh, x : x + face_px] = big
             sink.write(f)
     finally:
         sink.close()
@@ -119,13 +153,17 @@ def one_run(clip: Path, out: Optional[Path], transfer: Transfer, settings: dict[
     """``fex demo --input clip [--output out] --headless`` with ``settings``; FPS, stage times and CPU per frame."""
     cfg = DemoConfig(input=str(clip), output=None if out is None else str(out), headless=True, overlay=False,
                      quiet=True, progress=False, detect_every=detect_every,
-                     transfer=TransferOptions(detect_size=settings["detect_size"]), detect_thread=settings["detect_thread"])
+                     transfer=TransferOptions(detect_size=settings["detect_size"]), detect_thread=settings["detect_thread"],
+                     faces_per_frame=settings.get("faces_per_frame"))
     cpu0, kids0 = time.process_time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     stats = run_demo(cfg, transfer=transfer)
     cpu1, kids1 = time.process_time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     n = max(1, stats.frames)
     kids = (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime)
+    lat = stats.latency_summary()
     return {"fps": stats.fps, "frames": stats.frames, "tracks": stats.tracks, "detections": stats.detections,
+            "latency_p50_ms": lat["p50"], "latency_p95_ms": lat["p95"],
+            "faces_generated": stats.faces_generated, "faces_reused": stats.faces_reused,
             "stages_ms": {k: round(v, 2) for k, v in stats.timings_ms.items()},
             "cpu_ms_per_frame": 1000 * (cpu1 - cpu0) / n, "ffmpeg_cpu_ms_per_frame": 1000 * kids / n}
 
@@ -207,17 +245,17 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="fexsdk-demo-fps-") as tmp_name:
         tmp = Path(tmp_name)
         int8_path = None
-        wanted = set(args.variants or FIRST_SIZE + LATER_SIZES)
+        wanted = set(args.variants or FIRST_SIZE + LATER_SIZES + MULTI_FACE)
         if any(VARIANTS[k][1].get("int8") for k in wanted):
             int8_path, note = int8_model(tmp, data)
             res["int8"] = note
             print(note)
         transfers: dict[tuple[bool, Optional[int]], Transfer] = {}
         for si, size_name in enumerate(args.sizes):
-            size, face_px = SIZES[size_name]
+            size, face_px, n_faces = SIZES[size_name]
             clip = tmp / f"clip_{size_name}.mp4"
-            make_clip(clip, size, face_px, face, args.frames)
-            keys = args.variants or (FIRST_SIZE if si == 0 else LATER_SIZES)
+            make_clip(clip, size, face_px, face if n_faces == 1 else photo_faces(n_faces), args.frames)
+            keys = args.variants or (FIRST_SIZE if si == 0 else MULTI_FACE if n_faces > 1 else LATER_SIZES)
             chosen = [VARIANTS[k] for k in keys if int8_path is not None or not VARIANTS[k][1].get("int8")]
             runs: dict[tuple[str, bool], list[dict[str, Any]]] = {}
             for _ in range(args.rounds):
@@ -232,9 +270,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
                 row = {"size": size_name, "variant": name, "output": "H.264 .mp4" if write else "none", **_median_run(rs)}
                 res["rows"].append(row)
                 s = row["stages_ms"]
-                print(f"{size_name:9s} {name:42s} out={row['output']:10s} {row['fps']:6.1f} FPS "
-                      f"(runs {row['fps_runs']}) detect {s.get('detect', 0):5.1f} crop {s.get('crop', 0):4.1f} "
-                      f"generate {s.get('generate', 0):5.1f} paste {s.get('paste', 0):4.1f} ms; CPU/frame: "
+                print(f"{size_name:10s} {name:44s} out={row['output']:10s} {row['fps']:6.1f} FPS "
+                      f"(runs {row['fps_runs']}) latency p50/p95 {row['latency_p50_ms']:.0f}/{row['latency_p95_ms']:.0f} ms; "
+                      + " ".join(f"{k} {v:.1f}" for k, v in s.items()) + " ms; CPU/frame: "
                       f"process {row['cpu_ms_per_frame']:5.1f} ms, ffmpeg {row['ffmpeg_cpu_ms_per_frame']:4.1f} ms; "
                       f"tracks {row['tracks']}", flush=True)
     res["load_after"] = _load()

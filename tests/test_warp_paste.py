@@ -75,3 +75,21 @@ def test_warp_paste_back_keeps_the_skin_detail_of_a_real_photo():
 
     for target in ("surprise", "sad"):
         assert detail(tr.apply(img, target, seed=0, strength=0.5)) > 0.85 * detail(img)
+
+
+def test_faces_apart_pasted_side_by_side_equal_one_after_another(monkeypatch):
+    """Faces whose boxes share no pixel are pasted in parallel threads: the result is the sequential one, bit for bit;
+    overlapping boxes are blended in order (each over the ones before it)."""
+    import fexsdk.warp_paste as wp
+
+    img = _photo(300, 700, seed=3)
+    rng = np.random.default_rng(4)
+    boxes = [CropBox(10, 20, 200), CropBox(250, 40, 180, angle=12.0), CropBox(480, 30, 190)]
+    flows = rng.normal(0, 0.02, (3, 2, 48, 48)).astype(np.float32)
+    res = rng.normal(0, 0.05, (3, 1, 48, 48)).astype(np.float32)
+    parallel = paste_warp(img, boxes, flows, res)
+    monkeypatch.setattr(wp, "_overlap", lambda windows: True)  # force one after another
+    assert np.array_equal(parallel, paste_warp(img, boxes, flows, res))
+    monkeypatch.undo()
+    windows = [(slice(0, 10), slice(0, 10)), (slice(5, 15), slice(9, 20))]
+    assert wp._overlap(windows) and not wp._overlap([windows[0], (slice(10, 20), slice(0, 10))])
