@@ -95,6 +95,9 @@ class TrainConfig:
     lambda_mean_match: Optional[float] = None
     #: Weight of the cycle (reconstruction) loss (None keeps the preset's, StarGAN's 10).
     lambda_rec: Optional[float] = None
+    #: Painting warp heads: weights of the paint amplitude and broad-shading penalties (None keeps the preset's).
+    lambda_paint: Optional[float] = None
+    lambda_shading: Optional[float] = None
     #: Start from the G, EMA G and D weights of this checkpoint (same generator), with fresh optimizers
     #: and schedule: a warm start, unlike ``resume``, which continues a run exactly. An exported ``.onnx``
     #: (the bundled model, say) gives G and EMA G only: D then starts from scratch (see ``d_warmup``).
@@ -354,6 +357,9 @@ class Trainer:
             self.loss_cfg.cls_focal = cfg.cls_focal
         if cfg.lambda_mean_match is not None:
             self.loss_cfg.lambda_mean_match = cfg.lambda_mean_match
+        for name in ("lambda_paint", "lambda_shading"):
+            if getattr(cfg, name) is not None:
+                setattr(self.loss_cfg, name, getattr(cfg, name))
         self.loss_cfg.validate()
         self.cls_augment = ClassAugment(max_blur=self.loss_cfg.cls_blur) if self.loss_cfg.cls_augment else None
         self.n_critic = cfg.n_critic or preset.n_critic
