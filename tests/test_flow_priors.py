@@ -134,3 +134,18 @@ def test_paint_penalty_weights_can_be_set_per_run(tmp_path):
     assert (run.loss_cfg.lambda_paint, run.loss_cfg.lambda_shading) == (5.0, 30.0)
     preset = Trainer(TrainConfig(out=str(tmp_path / "b"), **kw))
     assert (preset.loss_cfg.lambda_paint, preset.loss_cfg.lambda_shading) == (2.0, 8.0)
+
+
+def test_paint_for_targets_that_do_not_open_the_mouth_can_cost_more():
+    """paint_others: the same paint costs X times more for sad than for surprise (which needs a dark mouth gap)."""
+    idx = {name: i for i, name in enumerate(EMOTIONS)}
+    targets = torch.tensor([idx["surprise"], idx["sad"]])
+    w = priors.paint_weights(targets, others=4.0)
+    assert w.tolist() == [1.0, 4.0]
+    maps = priors.prior_maps(S)
+    res = torch.zeros(2, 1, S, S)
+    res[:, :, 34:38, 20:28] = -0.5
+    per_face = [priors.paint_loss(res[i : i + 1], maps.mouth).item() for i in range(2)]
+    weighted = priors.paint_loss(res, maps.mouth, weights=w).item()
+    assert weighted == pytest.approx((1.0 * per_face[0] + 4.0 * per_face[1]) / 2, rel=1e-5)
+    assert priors.shading_loss(res, 2.0, weights=torch.ones(2)).item() == pytest.approx(priors.shading_loss(res, 2.0).item())

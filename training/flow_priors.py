@@ -31,6 +31,9 @@ FER_NOSE_TIP = (23.7, 28.4)
 FER_MOUTH_CORNERS = ((16.6, 36.1), (30.9, 36.3))
 #: Emotions whose movement may be asymmetric (a one-sided sneer): their symmetry weight is lower.
 ASYMMETRIC = {"disgust": 0.3}
+#: Emotions whose paint is expected: the dark gap of an opening mouth (surprise, fear), teeth (happy).
+#: Paint for the others (dark lips for sad, a shadow for angry) read as smears in early runs.
+PAINTS_MOUTH = ("surprise", "fear", "happy")
 
 
 def _gauss(size: int, cx: float, cy: float, sx: float, sy: float) -> torch.Tensor:
@@ -133,12 +136,25 @@ def gaussian_blur(t: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(t, k.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
 
 
-def paint_loss(residual: torch.Tensor, mouth: torch.Tensor, mouth_discount: float = 0.75) -> torch.Tensor:
-    """Mean |residual|, cheaper inside the mouth (an opening mouth's dark gap needs paint)."""
+def paint_weights(targets: torch.Tensor, others: float = 1.0) -> torch.Tensor:
+    """(B,) weights of the paint penalties for target emotion indices: 1 for PAINTS_MOUTH, ``others`` for the rest."""
+    table = torch.tensor([1.0 if name in PAINTS_MOUTH else others for name in EMOTIONS], dtype=torch.float32)
+    return table.to(targets.device)[targets]
+
+
+def _weighted_mean(per_pixel: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+    if weights is None:
+        return per_pixel.mean()
+    return (weights.to(per_pixel.dtype) * per_pixel.mean(dim=(1, 2, 3))).mean()
+
+
+def paint_loss(residual: torch.Tensor, mouth: torch.Tensor, mouth_discount: float = 0.75,
+               weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean |residual|, cheaper inside the mouth (an opening mouth's dark gap needs paint); ``weights``: per face."""
     w = 1.0 - mouth_discount * mouth.to(residual)
-    return (w * residual.abs()).mean()
+    return _weighted_mean(w * residual.abs(), weights)
 
 
-def shading_loss(residual: torch.Tensor, sigma: float) -> torch.Tensor:
+def shading_loss(residual: torch.Tensor, sigma: float, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean |low-pass residual|: broad shading (grey bands, pale masks) costs, fine local paint less."""
-    return gaussian_blur(residual, sigma).abs().mean()
+    return _weighted_mean(gaussian_blur(residual, sigma).abs(), weights)

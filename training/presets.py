@@ -74,6 +74,8 @@ class LossConfig:
     lambda_paint: float = 0.0
     lambda_shading: float = 0.0
     shading_sigma: float = 2.0
+    #: Multiplier of the paint and shading penalties for targets outside flow_priors.PAINTS_MOUTH (1: all alike).
+    paint_others: float = 1.0
 
     def validate(self) -> None:
         if self.perceptual_mode not in ("replace", "add"):
@@ -95,6 +97,8 @@ class LossConfig:
         priors = {"lambda_area": self.lambda_area, "lambda_still": self.lambda_still, "lambda_symmetry": self.lambda_symmetry,
                   "lambda_paint": self.lambda_paint, "lambda_shading": self.lambda_shading}
         bad = {k: v for k, v in priors.items() if v < 0}
+        if self.paint_others < 0:
+            bad["paint_others"] = self.paint_others
         if bad or self.shading_sigma <= 0:
             raise ValueError(f"the flow-prior weights must be >= 0 and shading_sigma > 0, got {bad or self.shading_sigma}")
 

@@ -98,6 +98,8 @@ class TrainConfig:
     #: Painting warp heads: weights of the paint amplitude and broad-shading penalties (None keeps the preset's).
     lambda_paint: Optional[float] = None
     lambda_shading: Optional[float] = None
+    #: Multiplier of those penalties for targets that neither open the mouth nor show teeth (None: the preset's, 1).
+    paint_others: Optional[float] = None
     #: Start from the G, EMA G and D weights of this checkpoint (same generator), with fresh optimizers
     #: and schedule: a warm start, unlike ``resume``, which continues a run exactly. An exported ``.onnx``
     #: (the bundled model, say) gives G and EMA G only: D then starts from scratch (see ``d_warmup``).
@@ -357,7 +359,7 @@ class Trainer:
             self.loss_cfg.cls_focal = cfg.cls_focal
         if cfg.lambda_mean_match is not None:
             self.loss_cfg.lambda_mean_match = cfg.lambda_mean_match
-        for name in ("lambda_paint", "lambda_shading"):
+        for name in ("lambda_paint", "lambda_shading", "paint_others"):
             if getattr(cfg, name) is not None:
                 setattr(self.loss_cfg, name, getattr(cfg, name))
         self.loss_cfg.validate()
@@ -664,12 +666,13 @@ class Trainer:
         """The believability priors on a warp head's flow and paint (flow_priors.py), weighted."""
         lc = self.loss_cfg
         maps = self._prior_maps
+        paint_w = None if lc.paint_others == 1.0 else priors.paint_weights(targets, lc.paint_others)
         terms = {
             "area": (lc.lambda_area, lambda: priors.area_loss(flow_px, maps.mouth)),
             "still": (lc.lambda_still, lambda: priors.still_loss(flow_px, maps.still)),
             "symmetry": (lc.lambda_symmetry, lambda: priors.symmetry_loss(flow_px, priors.symmetry_weights(targets))),
-            "paint": (lc.lambda_paint, lambda: priors.paint_loss(residual, maps.mouth)),
-            "shading": (lc.lambda_shading, lambda: priors.shading_loss(residual, lc.shading_sigma)),
+            "paint": (lc.lambda_paint, lambda: priors.paint_loss(residual, maps.mouth, weights=paint_w)),
+            "shading": (lc.lambda_shading, lambda: priors.shading_loss(residual, lc.shading_sigma, weights=paint_w)),
         }
         total = torch.zeros((), device=flow_px.device)
         for name, (weight, loss) in terms.items():
