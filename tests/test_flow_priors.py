@@ -130,8 +130,8 @@ def test_paint_penalty_weights_can_be_set_per_run(tmp_path):
     from fexsdk.training.trainer import TrainConfig, Trainer
 
     kw = dict(preset="fex-small-believable-mouth", synthetic=16, batch_size=4, max_steps=1, progress=False, threads=1)
-    run = Trainer(TrainConfig(out=str(tmp_path / "a"), lambda_paint=5.0, lambda_shading=30.0, **kw))
-    assert (run.loss_cfg.lambda_paint, run.loss_cfg.lambda_shading) == (5.0, 30.0)
+    run = Trainer(TrainConfig(out=str(tmp_path / "a"), lambda_paint=5.0, lambda_shading=30.0, lambda_still=7.0, **kw))
+    assert (run.loss_cfg.lambda_paint, run.loss_cfg.lambda_shading, run.loss_cfg.lambda_still) == (5.0, 30.0, 7.0)
     preset = Trainer(TrainConfig(out=str(tmp_path / "b"), **kw))
     assert (preset.loss_cfg.lambda_paint, preset.loss_cfg.lambda_shading) == (2.0, 8.0)
 

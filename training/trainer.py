@@ -100,6 +100,8 @@ class TrainConfig:
     lambda_shading: Optional[float] = None
     #: Multiplier of those penalties for targets that neither open the mouth nor show teeth (None: the preset's, 1).
     paint_others: Optional[float] = None
+    #: Warp heads: weight of the still-point prior (nose, eye corners; None keeps the preset's).
+    lambda_still: Optional[float] = None
     #: Start from the G, EMA G and D weights of this checkpoint (same generator), with fresh optimizers
     #: and schedule: a warm start, unlike ``resume``, which continues a run exactly. An exported ``.onnx``
     #: (the bundled model, say) gives G and EMA G only: D then starts from scratch (see ``d_warmup``).
@@ -359,7 +361,7 @@ class Trainer:
             self.loss_cfg.cls_focal = cfg.cls_focal
         if cfg.lambda_mean_match is not None:
             self.loss_cfg.lambda_mean_match = cfg.lambda_mean_match
-        for name in ("lambda_paint", "lambda_shading", "paint_others"):
+        for name in ("lambda_paint", "lambda_shading", "paint_others", "lambda_still"):
             if getattr(cfg, name) is not None:
                 setattr(self.loss_cfg, name, getattr(cfg, name))
         self.loss_cfg.validate()
