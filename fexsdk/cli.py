@@ -164,8 +164,6 @@ def _apply_jobs(inputs: Sequence[str], output: str) -> tuple[list[tuple[Path, Pa
 
 
 def _run_apply(args: argparse.Namespace) -> int:
-    import warnings
-
     from tqdm import tqdm
 
     from fexsdk.emotions import canonical_name, parse_target
