@@ -11,6 +11,7 @@ from typing import Optional, Union
 import numpy as np
 
 from fexsdk.emotions import emotion_index
+from fexsdk.video.reuse import check_faces_per_frame
 from fexsdk.options import DEMO_TRANSFER, TransferOptions
 from fexsdk.video.live import check_stream_url
 from fexsdk.video.writer import _check_output_path
@@ -169,10 +170,7 @@ class DemoConfig:
         if per_track is not None and isinstance(chosen, list) and not set(chosen) & set(per_track):
             raise ValueError(f"faces {chosen} and the tracks given an emotion {sorted(per_track)} have no id in "
                              "common: no face would change")
-        if self.faces_per_frame is not None and (isinstance(self.faces_per_frame, bool)
-                                                 or not isinstance(self.faces_per_frame, int) or self.faces_per_frame < 1):
-            raise ValueError(f"faces_per_frame must be an integer >= 1 (or None: every face on every frame), "
-                             f"got {self.faces_per_frame!r}")
+        check_faces_per_frame(self.faces_per_frame)
         for name in ("detect_every", "drop_after"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:

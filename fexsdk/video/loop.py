@@ -69,6 +69,11 @@ class _StopOnSignals:
 _ALWAYS_REPORTED = ("detect", "crop", "generate", "paste")
 
 
+def _seconds(records, *stages: str) -> float:
+    """The seconds these records' faces spent in those stages on this frame (FaceRecord.timings, in ms)."""
+    return sum(r.timings.get(k, 0.0) for r in records for k in stages) / 1000.0
+
+
 class _Stage:
     """Running mean (for stats) and a moving average (for the overlay) of one stage's time."""
 
@@ -275,9 +280,9 @@ class DemoLoop:
             self.budget.keep(due, emotion_of, index)
             records = [r for r in framed if r.skipped is None]
             out = tr.paste(image, records, c.transfer.strength)
-            for stage, part in (("crop", framed), ("generate", fresh), ("paste", records)):  # frame counts with crop
-                self.stages[stage].add(sum(r.timings.get(stage, 0.0) + (r.timings.get("frame", 0.0) if stage == "crop"
-                                                                         else 0.0) for r in part) / 1000.0)
+            self.stages["crop"].add(_seconds(framed, "frame", "crop"))  # framing (a few box sums) counts with it
+            self.stages["generate"].add(_seconds(fresh, "generate"))
+            self.stages["paste"].add(_seconds(records, "paste"))
         else:
             out = image.copy()
         self.last_clean = out

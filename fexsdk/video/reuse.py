@@ -13,9 +13,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
-from fexsdk.transfer import FaceRecord
+if TYPE_CHECKING:  # records come from fexsdk.Transfer; this module needs only their fields
+    from fexsdk.transfer import FaceRecord
+
+
+def check_faces_per_frame(value: Optional[int]) -> Optional[int]:
+    """None (every face on every frame) or an int >= 1; anything else is a ValueError."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"faces_per_frame must be an integer >= 1 (or None: every face on every frame), got {value!r}")
+    return value
 
 
 @dataclass
@@ -24,24 +32,20 @@ class _Generated:
 
     frame: int
     emotion: str
-    record: FaceRecord
+    record: "FaceRecord"
 
 
 class GenerationBudget:
     """Which of a frame's faces go through the generator, and the last outputs of those that do not."""
 
     def __init__(self, faces_per_frame: Optional[int] = None) -> None:
-        if faces_per_frame is not None and (isinstance(faces_per_frame, bool) or not isinstance(faces_per_frame, int)
-                                            or faces_per_frame < 1):
-            raise ValueError(f"faces_per_frame must be an integer >= 1 (or None: every face on every frame), "
-                             f"got {faces_per_frame!r}")
-        self.faces_per_frame = faces_per_frame
+        self.faces_per_frame = check_faces_per_frame(faces_per_frame)
         self._last: dict[int, _Generated] = {}
         #: Faces generated and faces reused, over the run.
         self.generated = 0
         self.reused = 0
 
-    def plan(self, records: Sequence[FaceRecord], emotion_of: Mapping[int, str]) -> tuple[list[FaceRecord], list[FaceRecord]]:
+    def plan(self, records: Sequence["FaceRecord"], emotion_of: Mapping[int, str]) -> tuple[list["FaceRecord"], list["FaceRecord"]]:
         """Split ``records`` (framed, not cropped) into (to generate now, reused: filled from their last pass).
 
         Reused records get the last pass's crop, output, parts, target and suitability verdict; their
@@ -66,7 +70,7 @@ class GenerationBudget:
         self.reused += len(reused)
         return due, reused
 
-    def keep(self, records: Sequence[FaceRecord], emotion_of: Mapping[int, str], frame: int) -> None:
+    def keep(self, records: Sequence["FaceRecord"], emotion_of: Mapping[int, str], frame: int) -> None:
         """Remember the records just generated (or judged unsuitable) on ``frame``."""
         if self.faces_per_frame is None:
             return

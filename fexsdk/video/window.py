@@ -83,20 +83,29 @@ class CvWindow:
             pass
 
 
+def _text_style(width: int, scales: tuple[float, float, float]) -> tuple[float, int]:
+    """Font scale (from ``scales`` for frames up to 480, up to 960 and wider) and stroke for a frame ``width`` wide."""
+    scale = scales[0] if width <= 480 else scales[1] if width <= 960 else scales[2]
+    return scale, 1 if width <= 960 else 2
+
+
+def _darken(region: np.ndarray) -> None:
+    """Darken an image region to 40% in place: the band text is drawn on."""
+    region[:] = (region.astype(np.uint16) * 2 // 5).astype(np.uint8)
+
+
 def draw_overlay(image: np.ndarray, lines: Sequence[str]) -> np.ndarray:
     """Draw text lines at the top left of ``image`` (in place) on a dark translucent band; returns it."""
     if not lines:
         return image
     h, w = image.shape[:2]
-    scale = 0.42 if w <= 480 else 0.55 if w <= 960 else 0.75
-    thick = 1 if w <= 960 else 2
+    scale, thick = _text_style(w, (0.42, 0.55, 0.75))
     font = cv2.FONT_HERSHEY_SIMPLEX
     sizes = [cv2.getTextSize(t, font, scale, thick)[0] for t in lines]
     line_h = max(s[1] for s in sizes) + int(8 * scale / 0.42)
     bw = min(w, max(s[0] for s in sizes) + 12)
     bh = min(h, line_h * len(lines) + 8)
-    band = image[:bh, :bw]
-    band[:] = (band.astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken to 40%
+    _darken(image[:bh, :bw])
     color = (255, 255, 255) if image.ndim == 3 else 255
     for i, text in enumerate(lines):
         cv2.putText(image, text, (6, 4 + line_h * (i + 1) - 4), font, scale, color, thick, cv2.LINE_AA)
@@ -109,8 +118,7 @@ def draw_track_ids(image: np.ndarray, labels: Sequence[tuple[Box, str]]) -> np.n
     if not labels:
         return image
     h, w = image.shape[:2]
-    scale = 0.4 if w <= 480 else 0.5 if w <= 960 else 0.7
-    thick = 1 if w <= 960 else 2
+    scale, thick = _text_style(w, (0.4, 0.5, 0.7))
     font = cv2.FONT_HERSHEY_SIMPLEX
     color = (255, 255, 255) if image.ndim == 3 else 255
     for (x, y, _, _), text in labels:
@@ -120,7 +128,6 @@ def draw_track_ids(image: np.ndarray, labels: Sequence[tuple[Box, str]]) -> np.n
         x0 = int(min(max(round(x), 0), max(w - bw, 0)))
         y0 = int(round(y)) - bh
         y0 = min(max(y0 if y0 >= 0 else int(round(y)), 0), max(h - bh, 0))
-        band = image[y0 : y0 + bh, x0 : x0 + bw]
-        band[:] = (band.astype(np.uint16) * 2 // 5).astype(np.uint8)  # darken to 40%, as the overlay's band
+        _darken(image[y0 : y0 + bh, x0 : x0 + bw])
         cv2.putText(image, text, (x0 + 3, y0 + 2 + th), font, scale, color, thick, cv2.LINE_AA)
     return image
