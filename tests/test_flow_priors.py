@@ -149,3 +149,66 @@ def test_paint_for_targets_that_do_not_open_the_mouth_can_cost_more():
     weighted = priors.paint_loss(res, maps.mouth, weights=w).item()
     assert weighted == pytest.approx((1.0 * per_face[0] + 4.0 * per_face[1]) / 2, rel=1e-5)
     assert priors.shading_loss(res, 2.0, weights=torch.ones(2)).item() == pytest.approx(priors.shading_loss(res, 2.0).item())
+
+
+def _open_mask_head(preset: str, **overrides) -> Generator:
+    """A generator of ``preset`` whose mask is fully open and whose paint is white: it paints wherever it may."""
+    G = Generator(**{**vars(get_preset(preset).generator), **overrides})
+    with torch.no_grad():
+        G.head.bias[-1] = 20.0
+        G.head.bias[2] = 20.0
+    return G
+
+
+def test_only_the_paint_targets_can_paint():
+    """paint_targets=("surprise",): a fully open mask paints for surprise and not at all for the six others."""
+    G = _open_mask_head("fex-small-believable-surprise")
+    x = torch.full((7, 1, S, S), -1.0)
+    parts = G.forward_parts(x, torch.eye(7))
+    painted = parts.residual.abs().flatten(1).amax(1)
+    s = EMOTIONS.index("surprise")
+    assert painted[s] > 0.5
+    assert torch.all(painted[torch.arange(7) != s] == 0)
+    # A blend half-way to surprise paints half as much (strength and soft labels stay linear in the gate).
+    half = G.forward_parts(x[:1], 0.5 * torch.eye(7)[s : s + 1] + 0.5 * torch.eye(7)[:1])
+    assert half.mask.max().item() == pytest.approx(0.5 * parts.mask[s].max().item(), rel=1e-4)
+
+
+def test_paint_targets_gate_every_domain_of_a_mask_vector_label():
+    from fexsdk.metadata import label_dim_for, label_layout
+
+    G = _open_mask_head("fex-small-believable-surprise", label_dim=label_dim_for(7, 2),
+                        paint_targets=("surprise", "fear"))
+    x = torch.full((7, 1, S, S), -1.0)
+    for domain in (0, 1):
+        label = torch.from_numpy(label_layout(torch.eye(7).numpy(), domain, 2))
+        painted = G.forward_parts(x, label).residual.abs().flatten(1).amax(1)
+        may = [EMOTIONS.index("surprise"), EMOTIONS.index("fear")]
+        assert all(painted[i] > 0.5 for i in may)
+        assert all(painted[i] == 0 for i in range(7) if i not in may)
+
+
+def test_paint_targets_are_checked_and_survive_a_saved_config():
+    from fexsdk.training.models import GeneratorConfig
+
+    cfg = vars(get_preset("fex-small-believable-surprise").generator).copy()
+    with pytest.raises(ValueError, match="allowed"):
+        Generator(**{**cfg, "paint_targets": ("astonished",)})
+    with pytest.raises(ValueError, match="painting warp head"):
+        Generator(**{**cfg, "paint": False, "paint_region": "", "paint_targets": ("surprise",)})
+    saved = {**cfg, "paint_targets": ["surprise"]}  # as JSON gives it back
+    assert GeneratorConfig.from_saved(saved).paint_targets == ("surprise",)
+    old = {k: v for k, v in cfg.items() if k != "paint_targets"}  # written before paint_targets existed
+    assert GeneratorConfig.from_saved(old).paint_targets == ()
+
+
+def test_paint_targets_can_be_set_per_run_and_warm_start_from_a_flow_only_head(tmp_path):
+    pytest.importorskip("onnx")
+    from fexsdk.training.trainer import TrainConfig, Trainer
+    from fexsdk.transfer import BUNDLED_DIR
+
+    run = Trainer(TrainConfig(preset="fex-small-believable-surprise", synthetic=16, out=str(tmp_path / "run"),
+                              batch_size=4, max_steps=1, progress=False, threads=1,
+                              init_from=str(BUNDLED_DIR / "default.onnx"), paint_targets=("surprise", "fear")))
+    assert run.G.config.paint_targets == ("surprise", "fear")
+    assert run.G.head.bias[-1].item() == -3.0

@@ -10,6 +10,7 @@ import argparse
 from pathlib import Path
 
 from fexsdk._extras import require
+from fexsdk.emotions import EMOTIONS
 from fexsdk.cli import POSITIVE, SEED, check_out_folder, float_range, int_range
 
 
@@ -75,6 +76,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--paint-others", type=float_range(0), metavar="X",
                    help="multiply the paint penalties by X for targets that neither open the mouth nor show teeth "
                         "(all but surprise, fear, happy; preset: 1)")
+    p.add_argument("--paint-targets", nargs="+", metavar="EMOTION", choices=list(EMOTIONS),
+                   help="painting warp heads: only these target emotions may paint; the others are flow-only "
+                        "(preset: all may paint; fex-small-believable-surprise: surprise)")
     p.add_argument("--lambda-still", type=float_range(0), metavar="W",
                    help="warp heads: weight of keeping the nose and eye corners still (preset: 2 in fex-small-believable*)")
     p.add_argument("--init-from", metavar="CKPT",
@@ -125,7 +129,7 @@ def _run_train(args: argparse.Namespace) -> int:
         cls_blur=args.cls_blur, lambda_change_lap=args.lambda_change_lap, lambda_cls_fake=args.lambda_cls_fake,
         lambda_rec=args.lambda_rec, cls_focal=args.cls_focal, lambda_mean_match=args.lambda_mean_match,
         lambda_paint=args.lambda_paint, lambda_shading=args.lambda_shading, paint_others=args.paint_others,
-        lambda_still=args.lambda_still,
+        lambda_still=args.lambda_still, paint_targets=args.paint_targets,
         init_from=args.init_from, init_discriminator=args.init_discriminator, d_warmup=args.d_warmup, conv_dim=args.conv_dim, n_res=args.n_res,
         image_size=args.image_size, channels=args.channels,
         precision=args.precision, device=args.device, threads=args.threads, seed=args.seed, log_every=args.log_every,

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fexsdk.emotions import EMOTIONS
 from fexsdk.training.flow_priors import paint_region_map
 
 #: Dropout positions the generator understands.
@@ -69,11 +70,17 @@ class GeneratorConfig:
     #: fixed map of the average face's mouth (training/flow_priors.paint_region_map), so paint can only
     #: darken an opening mouth or cover teeth, never draw over eyes, brows or cheeks.
     paint_region: str = ""
+    #: Painting warp heads only: () = any target may paint; otherwise only these emotions may (the mask is
+    #: zero for every other target label), e.g. ("surprise",): the dark gap of an opening mouth is the one
+    #: change a flow cannot make, and every other target keeps a flow-only, photographic edit.
+    paint_targets: tuple = ()
 
     @classmethod
     def from_saved(cls, saved: dict) -> "GeneratorConfig":
         """Rebuild a config saved by any fexsdk version (older ones had no ``upsample``: transposed convs)."""
-        return cls(**{"upsample": "transpose", **saved})
+        cfg = {"upsample": "transpose", **saved}
+        cfg["paint_targets"] = tuple(cfg.get("paint_targets", ()))
+        return cls(**cfg)
 
     def validate(self) -> None:
         if self.upsample not in UPSAMPLE_MODES:
@@ -88,6 +95,11 @@ class GeneratorConfig:
             raise ValueError(f"unknown paint_region {self.paint_region!r}; allowed: {PAINT_REGIONS}")
         if self.paint_region and not (self.output == "warp" and self.paint):
             raise ValueError("paint_region needs a painting warp head (output='warp', paint=True)")
+        unknown = [t for t in self.paint_targets if t not in EMOTIONS]
+        if unknown:
+            raise ValueError(f"unknown paint_targets {unknown}; allowed: {list(EMOTIONS)}")
+        if self.paint_targets and not (self.output == "warp" and self.paint):
+            raise ValueError("paint_targets needs a painting warp head (output='warp', paint=True)")
         if self.output == "warp" and self.input_skip:
             raise ValueError("input_skip applies to output='image' only: a warp head starts from the input by design")
         bad = [p for p in self.dropout_at if p not in DROPOUT_POSITIONS]
@@ -157,6 +169,20 @@ def identity_grid(size: int) -> torch.Tensor:
     return torch.stack([xx, yy], dim=-1)[None]
 
 
+def paint_gate_vector(targets, label_dim: int) -> torch.Tensor:
+    """(label_dim,) 0/1 weights: label @ gate is 1 when the target is one of ``targets`` (in any domain).
+
+    The label is ``[emotions of domain 0, emotions of domain 1, ..., domain mask]`` (fexsdk.metadata.label_layout);
+    the mask columns get weight 0."""
+    k = len(EMOTIONS)
+    n_domains = 1 if label_dim == k else label_dim // (k + 1)
+    gate = torch.zeros(label_dim)
+    for d in range(n_domains):
+        for name in targets:
+            gate[d * k + EMOTIONS.index(name)] = 1.0
+    return gate
+
+
 def warp(x: torch.Tensor, flow: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
     """Sample x at grid + flow (flow (B, 2, S, S) as (dx, dy) in [-1, 1] units); borders repeat."""
     g = grid.to(x.dtype) + flow.permute(0, 2, 3, 1).to(x.dtype)
@@ -211,6 +237,9 @@ class Generator(nn.Module):
             self.register_buffer("grid", identity_grid(s), persistent=False)
             if cfg.paint_region == "mouth":
                 self.register_buffer("region", paint_region_map(s), persistent=False)
+            if cfg.paint_targets:
+                self.register_buffer("paint_gate", paint_gate_vector(cfg.paint_targets, cfg.label_dim),
+                                     persistent=False)
         else:
             self.head = nn.Conv2d(d, cfg.in_channels, 7, 1, 3, bias=False)
 
@@ -259,6 +288,9 @@ class Generator(nn.Module):
         mask = torch.sigmoid(raw[:, 2 + c :])
         if self.config.paint_region:
             mask = mask * self.region
+        if self.config.paint_targets:
+            gate = (label.float() @ self.paint_gate).clamp(0.0, 1.0)
+            mask = mask * gate.view(-1, 1, 1, 1)
         residual = mask * (painted - warped)
         return WarpOutput(warped + residual, flow, residual, mask)
 

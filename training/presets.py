@@ -360,6 +360,21 @@ def fex_small_believable_mouth() -> Preset:
 
 
 @register_preset
+def fex_small_believable_surprise() -> Preset:
+    """fex-small-believable-mouth where only surprise may paint, under run F's firmer class and still-point weights.
+
+    Mouth paint opened surprise's mouth in a way that reads (run D), but every other target drew moustaches,
+    blobs or grey teeth; a penalty six times dearer did not stop them (run E). Here the mask is zero for every
+    target but surprise, so the others are flow-only by construction."""
+    p = fex_small_believable_mouth()
+    p.name = "fex-small-believable-surprise"
+    p.description = "fex-small-believable-mouth, only surprise may paint; lambda_cls 6, lambda_still 6"
+    p.generator.paint_targets = ("surprise",)
+    p.loss.lambda_cls, p.loss.lambda_still = 6.0, 6.0
+    return p
+
+
+@register_preset
 def tiny() -> Preset:
     """A few thousand parameters: for tests and smoke runs, not for results."""
     return Preset(

@@ -115,6 +115,8 @@ class TrainConfig:
     #: Width and depth overrides: G and D base channels, G residual blocks (None keeps the preset's).
     conv_dim: Optional[int] = None
     n_res: Optional[int] = None
+    #: Painting warp heads: only these targets may paint (None keeps the preset's; see GeneratorConfig).
+    paint_targets: Optional[tuple[str, ...]] = None
     image_size: int = 48
     channels: int = 1
     resume: bool = False
@@ -384,6 +386,8 @@ class Trainer:
             gcfg["n_res"] = cfg.n_res
         if cfg.upsample is not None:
             gcfg["upsample"] = cfg.upsample
+        if cfg.paint_targets is not None:
+            gcfg["paint_targets"] = tuple(cfg.paint_targets)
         self.G = Generator(**gcfg).to(self.device)
         #: Exponential moving average of G's weights: what samples, evaluation and export use.
         self.G_ema = copy.deepcopy(self.G).requires_grad_(False) if cfg.ema_beta > 0 else None
@@ -509,7 +513,8 @@ class Trainer:
         ckpt = checkpoint_from_onnx(path) if path.suffix == ".onnx" else load_checkpoint(path)
         source, ours = generator_config(ckpt), config_dict(self.G)
         # A flow-only head may warm-start the same head that also paints (anywhere, or in its paint_region).
-        adds_paint = {**source, "paint": True, "paint_region": ours["paint_region"]} == ours and source.get("paint") is False
+        paint_keys = {k: ours[k] for k in ("paint", "paint_region", "paint_targets")}
+        adds_paint = {**source, **paint_keys} == ours and source.get("paint") is False
         if source != ours and not adds_paint:
             raise ValueError(f"--init-from: {path} holds a different generator ({ckpt['preset']}) than preset {self.preset.name}")
         if "D" in ckpt and ckpt.get("discriminator_config") != config_dict(self.D):
