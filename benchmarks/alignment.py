@@ -40,7 +40,7 @@ except ImportError:  # running from a checkout without installing
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fexsdk.crops import CropBox, eye_angle, extract_crops, square_box
-from fexsdk.emotions import EMOTIONS, NUM_EMOTIONS
+from fexsdk.emotions import NUM_EMOTIONS
 from fexsdk.transfer import Transfer
 
 CANVAS = (720, 960)  # H, W: YuNet runs on it unshrunk

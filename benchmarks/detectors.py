@@ -156,7 +156,7 @@ def small_face_sweep(faces, models: Path, seed: int) -> dict:
                 t0 = time.perf_counter()
                 found = det.detect(frame)
                 t += time.perf_counter() - t0
-                hits += any(iou(f.box, (x, y, s, s)) > 0.5 for f in found)
+                hits += any(box_iou(f.box, (x, y, s, s)) > 0.5 for f in found)
             rec, ms = hits / len(frames), 1000.0 * t / len(frames)
             out.setdefault(str(size), {})[label] = {"recall": rec, "ms_per_frame": ms}
             cells.append(f"{label}: {100 * rec:.0f}% / {ms:.0f}")
@@ -335,7 +335,7 @@ def main(argv=None) -> int:
             for (frame, (x, y, s)), face in zip(frames, faces):
                 found = det.detect(frame)
                 gt = (x, y, s, s)
-                scores = [iou(f.box, gt) for f in found]
+                scores = [box_iou(f.box, gt) for f in found]
                 extra += sum(v < 0.3 for v in scores)
                 if scores and max(scores) > 0.5:
                     hits += 1

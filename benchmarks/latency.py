@@ -63,7 +63,7 @@ from fexsdk.faces import make_detector  # noqa: E402
 from fexsdk.transfer import Transfer  # noqa: E402
 
 from latency_machine import (cpu_facts, cpu_peak_gflops, gpu_name, gpu_peaks, isa_line,  # noqa: E402
-                             restart_with_avx2_limits, usable_cpus, versions)
+                             restart_with_avx2_limits, versions)
 from latency_models import CPU_BATCHES, GPU_BATCHES, load_faces, onnx_metadata, resolve_models, synthetic_faces  # noqa: E402
 from latency_flops import conv_macs_onnx, conv_macs_torch  # noqa: E402
 from latency_backends import ALL_BACKENDS, Built, Skip, build_backend, model_inputs, stats_ms, time_calls  # noqa: E402

@@ -11,9 +11,7 @@ from typing import Optional
 
 import numpy as np
 import cv2
-import onnxruntime as ort
 
-from fexsdk.faces import Face
 from fexsdk.metadata import ModelMetadata, read_metadata
 from fexsdk.transfer import DEFAULT_MODEL
 

@@ -10,8 +10,6 @@ from typing import Any, Optional
 
 from fexsdk.metadata import PIXEL_SCALE
 
-from latency_machine import usable_cpus
-
 
 def fmt(v: Optional[float], spec: str = ".2f", none: str = "-") -> str:
     return none if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, spec)

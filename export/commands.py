@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from fexsdk._extras import require
-from fexsdk.cli import POSITIVE, float_range
+from fexsdk.cli import POSITIVE
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:

@@ -15,7 +15,6 @@ from typing import Optional
 import numpy as np
 import torch
 
-from fexsdk.emotions import EMOTIONS
 from fexsdk.metadata import ONNX_KEY, ModelMetadata, NoiseSite, read_onnx_metadata  # noqa: F401 (re-exported)
 from fexsdk.noise import noise_for
 from fexsdk.training.checkpoint import (generator_from_checkpoint, load_checkpoint, metadata_for,  # noqa: F401

@@ -160,7 +160,7 @@ def test_stream_is_received_and_decoded_on_localhost(ffmpeg, clip, tmp_path, cap
     # each received frame is a changed frame (H.264 at crf 20: a few levels off), in order
     offset = N_FRAMES - len(got)
     for i, f in enumerate(got):
-        sent, source = written[offset + i].astype(np.int16), frames[offset + i].astype(np.int16)
+        sent = written[offset + i].astype(np.int16)
         err = np.abs(f.astype(np.int16) - sent).mean()
         assert err < 3.0, f"received frame {i}: mean |error| {err:.2f} against the frame sent"
     changed = [np.abs(written[i].astype(np.int16) - frames[i]).mean() for i in range(N_FRAMES)]

@@ -25,7 +25,7 @@ from tqdm import tqdm
 from fexsdk.emotions import EMOTIONS, NUM_EMOTIONS
 from fexsdk.metadata import normalize
 from fexsdk.training.checkpoint import save_checkpoint
-from fexsdk.training.data import FaceDataset, load_dataset
+from fexsdk.training.data import load_dataset
 from fexsdk.training.logs import ScalarLog
 
 

@@ -19,7 +19,7 @@ import torch
 from fexsdk.backends import load_backend
 from fexsdk.emotions import EMOTIONS, NUM_EMOTIONS
 from fexsdk.noise import noise_for
-from fexsdk.training.classifier import ResNet18, confusion, load_classifier, predict, predict_with_features, to_input
+from fexsdk.training.classifier import ResNet18, confusion, predict, predict_with_features, to_input
 from fexsdk.training.data import FaceDataset
 
 #: Table 2's row order, by preset name; other names follow alphabetically.
