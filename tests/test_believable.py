@@ -74,3 +74,18 @@ def test_default_strength_is_the_most_recognised_that_stays_believable():
     assert "(fails)" in table
     chosen, _ = believable.choose_strengths({2.0: runs[2.0]})
     assert set(chosen.values()) == {2.0}  # nothing holds: the smallest strength tried
+
+
+def test_jittered_landmarks_follow_the_face_box(photos):
+    """Landmarks averaged over jittered boxes are placed relative to the box: shift photo and box alike, they shift too."""
+    pytest.importorskip("dlib", reason="landmarks need the bench extra (dlib-bin)")
+    tools = believable.Dlib(jitter=True)
+    img = cv2.imread(str(photos / "astronaut.jpg"))
+    box = believable.Transfer("default", device="cpu").detect(img)[0].box
+    moved = cv2.copyMakeBorder(img, 5, 0, 7, 0, cv2.BORDER_REPLICATE)
+    pts, desc = tools.measure(img, box)
+    pts_moved, _ = tools.measure(moved, (box[0] + 7, box[1] + 5, box[2], box[3]))
+    np.testing.assert_allclose(pts_moved - pts, np.broadcast_to([7.0, 5.0], pts.shape), atol=1e-4)
+    single, desc_single = believable.Dlib(jitter=False).measure(img, box)
+    assert np.abs(single - pts).max() < 0.1 * box[2]  # the same face, steadied, not another fit
+    np.testing.assert_array_equal(desc, desc_single)  # identity is measured as before
