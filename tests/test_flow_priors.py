@@ -212,3 +212,23 @@ def test_paint_targets_can_be_set_per_run_and_warm_start_from_a_flow_only_head(t
                               init_from=str(BUNDLED_DIR / "default.onnx"), paint_targets=("surprise", "fear")))
     assert run.G.config.paint_targets == ("surprise", "fear")
     assert run.G.head.bias[-1].item() == -3.0
+
+
+def test_broad_shading_of_the_whole_change_is_charged_and_logged(tmp_path):
+    """lambda_change_shading: a flow-only head (no paint to charge) still pays for what its movements shade."""
+    import csv
+
+    from fexsdk.training.presets import LossConfig
+    from fexsdk.training.trainer import TrainConfig, Trainer
+
+    with pytest.raises(ValueError, match="must be >= 0"):
+        LossConfig(lambda_change_shading=-1.0).validate()
+    kw = dict(preset="fex-small-believable-shade", synthetic=16, batch_size=4, max_steps=2, progress=False,
+              threads=1, log_every=1)
+    run = Trainer(TrainConfig(out=str(tmp_path / "a"), **kw))
+    assert run.loss_cfg.lambda_change_shading == 30.0 and not run.G.config.paint
+    run.fit()
+    rows = list(csv.DictReader((tmp_path / "a" / "scalars.csv").open()))
+    assert float(rows[-1]["G/loss_change_shading"]) > 0
+    off = Trainer(TrainConfig(out=str(tmp_path / "b"), lambda_change_shading=0.0, **kw))
+    assert off.loss_cfg.lambda_change_shading == 0.0

@@ -76,6 +76,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--paint-others", type=float_range(0), metavar="X",
                    help="multiply the paint penalties by X for targets that neither open the mouth nor show teeth "
                         "(all but surprise, fear, happy; preset: 1)")
+    p.add_argument("--lambda-change-shading", type=float_range(0), metavar="W",
+                   help="weight of the broad shading of the whole change, moved pixels included (preset: 30 in "
+                        "fex-small-believable-shade, else 0)")
     p.add_argument("--paint-targets", nargs="+", metavar="EMOTION", choices=list(EMOTIONS),
                    help="painting warp heads: only these target emotions may paint; the others are flow-only "
                         "(preset: all may paint; fex-small-believable-surprise: surprise)")
@@ -129,7 +132,7 @@ def _run_train(args: argparse.Namespace) -> int:
         cls_blur=args.cls_blur, lambda_change_lap=args.lambda_change_lap, lambda_cls_fake=args.lambda_cls_fake,
         lambda_rec=args.lambda_rec, cls_focal=args.cls_focal, lambda_mean_match=args.lambda_mean_match,
         lambda_paint=args.lambda_paint, lambda_shading=args.lambda_shading, paint_others=args.paint_others,
-        lambda_still=args.lambda_still, paint_targets=args.paint_targets,
+        lambda_still=args.lambda_still, paint_targets=args.paint_targets, lambda_change_shading=args.lambda_change_shading,
         init_from=args.init_from, init_discriminator=args.init_discriminator, d_warmup=args.d_warmup, conv_dim=args.conv_dim, n_res=args.n_res,
         image_size=args.image_size, channels=args.channels,
         precision=args.precision, device=args.device, threads=args.threads, seed=args.seed, log_every=args.log_every,

@@ -102,6 +102,8 @@ class TrainConfig:
     paint_others: Optional[float] = None
     #: Warp heads: weight of the still-point prior (nose, eye corners; None keeps the preset's).
     lambda_still: Optional[float] = None
+    #: Weight of the broad shading of the whole change (None keeps the preset's; see LossConfig).
+    lambda_change_shading: Optional[float] = None
     #: Start from the G, EMA G and D weights of this checkpoint (same generator), with fresh optimizers
     #: and schedule: a warm start, unlike ``resume``, which continues a run exactly. An exported ``.onnx``
     #: (the bundled model, say) gives G and EMA G only: D then starts from scratch (see ``d_warmup``).
@@ -209,7 +211,8 @@ def git_commit() -> str:
 #: Columns of scalars.csv (G columns are NaN for an interval without a G step).
 LOG_KEYS = ("lr", "D/loss_real", "D/loss_fake", "D/loss_cls", "D/loss_cls_fake", "D/loss_gp", "D/loss_r1",
             "G/loss_fake", "G/loss_cls", "G/loss_rec", "G/loss_rec_feat", "G/loss_flow_tv", "G/loss_mask", "G/loss_mask_tv", "G/loss_change_lap",
-            "G/loss_mean_match", "G/loss_area", "G/loss_still", "G/loss_symmetry", "G/loss_paint", "G/loss_shading")
+            "G/loss_mean_match", "G/loss_area", "G/loss_still", "G/loss_symmetry", "G/loss_paint", "G/loss_shading",
+            "G/loss_change_shading")
 
 
 def load_generator_weights(G: Generator, state: dict[str, torch.Tensor]) -> None:
@@ -363,7 +366,7 @@ class Trainer:
             self.loss_cfg.cls_focal = cfg.cls_focal
         if cfg.lambda_mean_match is not None:
             self.loss_cfg.lambda_mean_match = cfg.lambda_mean_match
-        for name in ("lambda_paint", "lambda_shading", "paint_others", "lambda_still"):
+        for name in ("lambda_paint", "lambda_shading", "paint_others", "lambda_still", "lambda_change_shading"):
             if getattr(cfg, name) is not None:
                 setattr(self.loss_cfg, name, getattr(cfg, name))
         self.loss_cfg.validate()
@@ -633,6 +636,10 @@ class Trainer:
                     g_mm = self.mean_match[d].loss(x_fake.float(), lab_trg)
                     warp_terms = warp_terms + lc.lambda_mean_match * g_mm
                     logs["G/loss_mean_match"] = g_mm.item()
+                if lc.lambda_change_shading > 0:
+                    g_shade = priors.shading_loss(x_fake.float() - x_real.float(), lc.shading_sigma)
+                    warp_terms = warp_terms + lc.lambda_change_shading * g_shade
+                    logs["G/loss_change_shading"] = g_shade.item()
                 if lc.lambda_change_lap > 0:
                     g_lap = laplacian_l1(x_fake.float() - x_real.float())
                     warp_terms = warp_terms + lc.lambda_change_lap * g_lap
