@@ -357,7 +357,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                 Path(a.choose_json).write_text(json.dumps(chosen, indent=1) + "\n")
         return 0
     lightings = ("as shot",) if a.no_dim else ("as shot", "dim")
-    print(f"{len(photos)} photos from {a.photos}; seed 0; 7 targets per face; lightings: {', '.join(lightings)}\n")
+    where = Path(a.photos).resolve()
+    where = where.relative_to(REPO) if where.is_relative_to(REPO) else where  # no machine paths in committed reports
+    print(f"{len(photos)} photos from {where}; seed 0; 7 targets per face; lightings: {', '.join(lightings)}\n")
     results = {}
     for model in a.models:
         run = run_model(model, photos, classify, tools, a.strength, lightings)
