@@ -69,11 +69,13 @@ def test_default_strength_is_the_most_recognised_that_stays_believable():
         return believable.ModelRun("m", "p", strength, cases)
 
     runs = {1.0: run(1.0, 3, 10, 2.0, 1.5), 1.5: run(1.5, 6, 10, 2.8, 2.5), 2.0: run(2.0, 8, 9, 3.5, 3.0)}
-    chosen, table = believable.choose_strengths(runs)
+    chosen, table = believable.choose_strengths(runs, max_strength=2.0)
     assert set(chosen.values()) == {1.5}  # 2.0 recognises more but moves the still points too far
     assert "(fails)" in table
     chosen, _ = believable.choose_strengths({2.0: runs[2.0]})
     assert set(chosen.values()) == {2.0}  # nothing holds: the smallest strength tried
+    chosen, table = believable.choose_strengths(runs)  # the default cap: nothing past strength 1 is chosen
+    assert set(chosen.values()) == {1.0} and "(above the cap)" in table
 
 
 def test_jittered_landmarks_follow_the_face_box(photos):
