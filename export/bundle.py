@@ -126,6 +126,10 @@ def main() -> None:
         results = json.loads(Path(args.believable).read_text())
         card = json.loads(path.with_suffix(".json").read_text())
         card["believable"] = {m: {k: v for k, v in r.items() if k != "cases"} for m, r in results.items()}
+        cases = [c for r in results.values() for c in r.get("cases", [])]
+        faces = {(c["photo"], c["face"]) for c in cases}
+        card["believable"]["photos"] = (f"docs/photos ({len({p for p, _ in faces})} photos, {len(faces)} faces; "
+                                        "benchmarks/believable.py with jittered landmarks, seed 0)")
         path.with_suffix(".json").write_text(json.dumps(card, indent=2) + "\n")
     print(f"wrote {path} and {path.with_suffix('.json')}")
     if args.discriminator:
