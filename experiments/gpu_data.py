@@ -11,7 +11,7 @@ evaluation on the device scores the exact test images. ``unpack`` writes an ordi
 optimizer states (three quarters of the file) go, since ``--init-from`` starts fresh optimizers.
 
     python experiments/gpu_data.py pack ../shared/data/fer2013.npz .gpudata/fer2013_packed.npz
-    python experiments/gpu_data.py unpack .gpudata/fer2013_packed.npz /tmp/fer2013.npz
+    python experiments/gpu_data.py unpack .gpudata/fer2013_packed.npz fer2013.npz
     python experiments/gpu_data.py warmstart runs/NAME/last.pt .gpudata/warmstart.pt
 """
 
