@@ -24,6 +24,7 @@ the individual typology angle of the cheeks, darker: ITA <= 28 degrees) and the 
 Contact sheets (input + 7 targets per face, colour, 128 px) go to ``--sheets``.
 
     python benchmarks/believable.py default warp [--strength 1] [--sheets docs/believable] [--json out.json]
+    python benchmarks/believable.py runs/x.onnx --strengths runs/x-strength.json   # a file at chosen strengths
 
 Needs the ``bench`` extra (dlib-bin, face-recognition-models); without dlib the identity and
 geometry columns are left empty.
@@ -37,7 +38,7 @@ import json
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import cv2
 import numpy as np
@@ -174,7 +175,7 @@ class Case:
 class ModelRun:
     model: str
     preset: str
-    strength: Optional[float]
+    strength: Union[float, dict[str, float], None]
     cases: list[Case] = field(default_factory=list)
     sheets: list[np.ndarray] = field(default_factory=list)
 
@@ -190,8 +191,26 @@ def face_tile(image: np.ndarray, box, size: int = 128) -> np.ndarray:
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
 
 
-def run_model(model: str, photos: list[Path], classify, dlib_tools: Optional[Dlib], strength: Optional[float],
-              lightings=("as shot", "dim"), tile: int = 128) -> ModelRun:
+def read_strengths(path: str) -> dict[str, float]:
+    """Per-emotion strengths from a JSON file (emotion -> strength, as ``--choose-json`` writes): every emotion,
+    each a number in [0, 2], so that a model file can be measured at chosen strengths before they go into its card."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--strengths {path}: cannot read a JSON object ({exc})") from exc
+    if not isinstance(data, dict) or set(data) != set(EMOTIONS):
+        got = sorted(data) if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"--strengths {path}: needs exactly the emotions {list(EMOTIONS)}, got {got}")
+    bad = {k: v for k, v in data.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 2}
+    if bad:
+        raise ValueError(f"--strengths {path}: strengths must be numbers in [0, 2], got {bad}")
+    return {k: float(v) for k, v in data.items()}
+
+
+def run_model(model: str, photos: list[Path], classify, dlib_tools: Optional[Dlib],
+              strength: Union[float, dict[str, float], None], lightings=("as shot", "dim"), tile: int = 128) -> ModelRun:
+    """Every face of every photo, changed to each emotion at ``strength``: one number for all, a strength per
+    emotion, or None (the model's own default per emotion)."""
     tr = Transfer(model, device="cpu")
     run = ModelRun(model, tr.meta.preset, strength)
     for path in photos:
@@ -205,7 +224,8 @@ def run_model(model: str, photos: list[Path], classify, dlib_tools: Optional[Dli
         for lighting in lightings:
             img = shot if lighting == "as shot" else dim(shot)
             ref = [dlib_tools.measure(img, f.box) if dlib_tools else None for f in faces]
-            outs = {t: tr.process(img, t, faces=faces, seed=0, strength=strength) for t in EMOTIONS}
+            outs = {t: tr.process(img, t, faces=faces, seed=0, strength=strength[t] if isinstance(strength, dict) else strength)
+                    for t in EMOTIONS}
             for i, face in enumerate(faces):
                 skin = ""
                 if ref[i] is not None:
@@ -276,7 +296,12 @@ def report(run: ModelRun) -> str:
             group = [c for c in dimmed if c.skin == skin]
             if group:
                 rows.append((f"dim, {skin} skin", summarise(group)))
-    strength = "the model's default per emotion" if run.strength is None else f"{run.strength:g}"
+    if run.strength is None:
+        strength = "the model's default per emotion"
+    elif isinstance(run.strength, dict):
+        strength = "per emotion " + ", ".join(f"{t} {run.strength[t]:g}" for t in EMOTIONS)
+    else:
+        strength = f"{run.strength:g}"
     return f"### {run.model} ({run.preset}), strength {strength}\n\n" + table(rows)
 
 
@@ -337,6 +362,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--photos", default=str(REPO / "docs" / "photos"), help="folder of colour photos")
     p.add_argument("--classifier", default=str(REPO / "training" / "weights" / "resnet18_fer2013.safetensors"))
     p.add_argument("--strength", type=float, default=None, help="one strength for all emotions (default: each model's own)")
+    p.add_argument("--strengths", metavar="JSON", help="a strength per emotion from this file (emotion -> strength, "
+                   "as --choose-json writes), for a model file whose card does not hold them yet")
     p.add_argument("--no-dim", action="store_true", help="skip the dimmed copies")
     p.add_argument("--sweep", help="comma-separated strengths: run each (photos as shot) and choose a default "
                                    "strength per emotion, the most recognised that holds every believability line")
@@ -348,6 +375,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--single-box", action="store_true",
                    help="landmarks from the face box alone, not averaged over jittered boxes (figures before 2026-12-07b)")
     a = p.parse_args(argv)
+    if a.strengths and (a.strength is not None or a.sweep):
+        p.error("--strengths goes alone: not with --strength or --sweep")
+    strength = read_strengths(a.strengths) if a.strengths else a.strength
     photos = find_photos(Path(a.photos))
     try:
         tools: Optional[Dlib] = Dlib(jitter=not a.single_box)
@@ -370,7 +400,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"{len(photos)} photos from {where}; seed 0; 7 targets per face; lightings: {', '.join(lightings)}\n")
     results = {}
     for model in a.models:
-        run = run_model(model, photos, classify, tools, a.strength, lightings)
+        run = run_model(model, photos, classify, tools, strength, lightings)
         print(report(run) + "\n")
         results[model] = {"preset": run.preset, "strength": run.strength, "summary": summarise([c for c in run.cases if c.lighting == "as shot"]),
                           "summary_dim": summarise([c for c in run.cases if c.lighting == "dim"]),
@@ -381,7 +411,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             width = max(s.shape[1] for s in run.sheets)
             sheet = np.vstack([cv2.copyMakeBorder(s, 0, 2, 0, width - s.shape[1], cv2.BORDER_CONSTANT) for s in run.sheets])
             name = Path(model).stem if Path(model).suffix else model
-            dest = out / f"{name}{'' if a.strength is None else f'-s{a.strength:g}'}.jpg"
+            suffix = f"-{Path(a.strengths).stem}" if a.strengths else "" if a.strength is None else f"-s{a.strength:g}"
+            dest = out / f"{name}{suffix}.jpg"
             cv2.imwrite(str(dest), sheet, [cv2.IMWRITE_JPEG_QUALITY, 88])
             print(f"contact sheet: {dest} (columns: input, {', '.join(EMOTIONS)})\n")
     if a.json:

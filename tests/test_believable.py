@@ -91,3 +91,33 @@ def test_jittered_landmarks_follow_the_face_box(photos):
     single, desc_single = believable.Dlib(jitter=False).measure(img, box)
     assert np.abs(single - pts).max() < 0.1 * box[2]  # the same face, steadied, not another fit
     np.testing.assert_array_equal(desc, desc_single)  # identity is measured as before
+
+
+def test_strengths_per_emotion_from_a_file_change_only_those_targets(photos, tmp_path):
+    # Only happy gets a strength: every other target writes the photo unchanged (no shading at all).
+    chosen = {t: 0.0 for t in believable.EMOTIONS}
+    chosen["happy"] = 1.0
+    (tmp_path / "chosen.json").write_text(json.dumps(chosen))
+    out = tmp_path / "res.json"
+    assert believable.main(["warp", "--photos", str(photos), "--classifier", str(CLASSIFIER), "--no-dim",
+                            "--strengths", str(tmp_path / "chosen.json"), "--sheets", str(tmp_path),
+                            "--json", str(out)]) == 0
+    res = json.loads(out.read_text())["warp"]
+    assert res["strength"] == chosen
+    shading = {t: [c["shading"] for c in res["cases"] if c["target"] == t] for t in believable.EMOTIONS}
+    assert all(v > 0.2 for v in shading["happy"])
+    assert all(v == 0.0 for t in believable.EMOTIONS if t != "happy" for v in shading[t])
+    assert (tmp_path / "warp-chosen.jpg").is_file()
+
+
+@pytest.mark.parametrize("content, why", [('{"happy": 1}', "exactly the emotions"),
+                                          ("[1, 2]", "exactly the emotions"),
+                                          ("not json", "cannot read"),
+                                          (None, "numbers in")])
+def test_a_bad_strengths_file_is_refused_with_what_is_allowed(tmp_path, content, why):
+    if content is None:  # every emotion, one of them out of range
+        content = json.dumps({t: (3.0 if t == "sad" else 0.5) for t in believable.EMOTIONS})
+    f = tmp_path / "s.json"
+    f.write_text(content)
+    with pytest.raises(ValueError, match=why):
+        believable.read_strengths(str(f))
