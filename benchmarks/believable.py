@@ -336,6 +336,10 @@ def choose_strengths(runs: dict[float, ModelRun], max_strength: float = MAX_CHOS
                  + ("" if holds(x) else " (fails)") + (" (above the cap)" if k > max_strength else "")
                  for k, x in sums.items()]
         lines.append(f"| {t} | " + " | ".join(cells) + f" | {best:g} |")
+    # The figure a card would carry: every target at its own chosen strength.
+    picked = [c for t in EMOTIONS for c in runs[chosen[t]].cases if c.lighting == "as shot" and c.target == t]
+    hits = sum(c.recognised for c in picked)
+    lines.append(f"\nrecognised at the chosen strengths: {100 * hits / max(len(picked), 1):.1f}% ({hits} of {len(picked)})")
     return chosen, "\n".join(lines)
 
 
