@@ -51,6 +51,7 @@ except ImportError:  # running from a checkout without installing
 from fexsdk import Transfer
 from fexsdk.crops import extract_crops
 from fexsdk.emotions import EMOTIONS
+from fexsdk.metadata import bad_strengths
 
 REPO = Path(__file__).resolve().parents[1]
 #: dlib's documented threshold: descriptors closer than this are the same person.
@@ -201,7 +202,7 @@ def read_strengths(path: str) -> dict[str, float]:
     if not isinstance(data, dict) or set(data) != set(EMOTIONS):
         got = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise ValueError(f"--strengths {path}: needs exactly the emotions {list(EMOTIONS)}, got {got}")
-    bad = {k: v for k, v in data.items() if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 2}
+    bad = bad_strengths(data)
     if bad:
         raise ValueError(f"--strengths {path}: strengths must be numbers in [0, 2], got {bad}")
     return {k: float(v) for k, v in data.items()}
@@ -211,6 +212,7 @@ def run_model(model: str, photos: list[Path], classify, dlib_tools: Optional[Dli
               strength: Union[float, dict[str, float], None], lightings=("as shot", "dim"), tile: int = 128) -> ModelRun:
     """Every face of every photo, changed to each emotion at ``strength``: one number for all, a strength per
     emotion, or None (the model's own default per emotion)."""
+    per_target = strength if isinstance(strength, dict) else dict.fromkeys(EMOTIONS, strength)
     tr = Transfer(model, device="cpu")
     run = ModelRun(model, tr.meta.preset, strength)
     for path in photos:
@@ -224,8 +226,7 @@ def run_model(model: str, photos: list[Path], classify, dlib_tools: Optional[Dli
         for lighting in lightings:
             img = shot if lighting == "as shot" else dim(shot)
             ref = [dlib_tools.measure(img, f.box) if dlib_tools else None for f in faces]
-            outs = {t: tr.process(img, t, faces=faces, seed=0, strength=strength[t] if isinstance(strength, dict) else strength)
-                    for t in EMOTIONS}
+            outs = {t: tr.process(img, t, faces=faces, seed=0, strength=per_target[t]) for t in EMOTIONS}
             for i, face in enumerate(faces):
                 skin = ""
                 if ref[i] is not None:

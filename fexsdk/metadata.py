@@ -31,6 +31,12 @@ DEFAULT_NORMALIZATION = "pixel/127.5-1"
 _NORMALIZATION = re.compile(r"^pixel/([0-9]*\.?[0-9]+)-([0-9]*\.?[0-9]+)$")
 
 
+def bad_strengths(strengths: dict) -> dict:
+    """The entries of an emotion -> strength mapping that are not an emotion mapped to a number in [0, 2]."""
+    return {k: v for k, v in strengths.items()
+            if k not in EMOTIONS or isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 2}
+
+
 @dataclass
 class NoiseSite:
     """One dropout site: its name and the per-sample shape (C, H, W) of its keep-mask."""
@@ -216,8 +222,7 @@ class ModelMetadata:
             raise ValueError(f"model has dropout sites but dropout_p={self.dropout_p}")
         if "output" not in self.outputs or not set(self.outputs) <= set(ALL_OUTPUTS):
             raise ValueError(f"model outputs {self.outputs} must include 'output' and be among {ALL_OUTPUTS}")
-        bad = {k: v for k, v in self.default_strength.items()
-               if k not in EMOTIONS or isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 2}
+        bad = bad_strengths(self.default_strength)
         if bad:
             raise ValueError(f"model default_strength {bad} must map emotions {list(EMOTIONS)} to numbers in [0, 2]")
         if self.is_warp and set(self.outputs) != set(ALL_OUTPUTS):
