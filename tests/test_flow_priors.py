@@ -126,6 +126,24 @@ def test_the_bundled_flow_only_default_warm_starts_the_mouth_painting_preset(tmp
     assert run.G.head.bias[-1].item() == -3.0
 
 
+def test_a_warm_start_may_change_the_flow_grid_and_keeps_every_weight(tmp_path, capsys):
+    """The control grid and reach hold no weights: fex-small-believable-reach starts from the 4-px default."""
+    pytest.importorskip("onnx")
+    from fexsdk.training.checkpoint import checkpoint_from_onnx
+    from fexsdk.training.trainer import TrainConfig, Trainer
+    from fexsdk.transfer import BUNDLED_DIR
+
+    src = BUNDLED_DIR / "default.onnx"
+    run = Trainer(TrainConfig(preset="fex-small-believable-reach", synthetic=16, out=str(tmp_path / "run"),
+                              batch_size=4, max_steps=1, progress=False, threads=1, init_from=str(src)))
+    saved = checkpoint_from_onnx(src)["G"]
+    assert all(torch.equal(v, saved[k]) for k, v in run.G.state_dict().items() if k in saved)
+    assert (run.G.config.flow_cell, run.G.config.max_flow) == (6, 0.12)
+    printed = capsys.readouterr().out
+    assert "flow_cell': 6" in printed
+    assert "paint channels" not in printed  # flow-only to flow-only: nothing to open or close
+
+
 def test_paint_penalty_weights_can_be_set_per_run(tmp_path):
     from fexsdk.training.trainer import TrainConfig, Trainer
 

@@ -348,6 +348,20 @@ def fex_small_believable_flow() -> Preset:
 
 
 @register_preset
+def fex_small_believable_reach() -> Preset:
+    """fex-small-believable-flow with 1.5 times the reach: 6-px cells (8x8 at 48x48), at most 2.9 px.
+
+    At 1.9 px the flow is pinned at its bound around the mouth for disgust and surprise, and too
+    short to flatten a broad smile; 6-px cells keep it fold-free at the longer reach (0.12 < 6/48),
+    and the priors (area, still points, symmetry) keep the rest of the face where it was."""
+    p = fex_small_believable_flow()
+    p.name = "fex-small-believable-reach"
+    p.description = "fex-small-believable-flow on 6-px cells, at most 2.9 px at 48x48"
+    p.generator.flow_cell, p.generator.max_flow = 6, 0.12
+    return p
+
+
+@register_preset
 def fex_small_believable_shade() -> Preset:
     """fex-small-believable-flow that pays for the broad shading its movements cause, with a stronger class pull.
 

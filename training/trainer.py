@@ -515,13 +515,19 @@ class Trainer:
     def _init_from(self, path: Path) -> None:
         ckpt = checkpoint_from_onnx(path) if path.suffix == ".onnx" else load_checkpoint(path)
         source, ours = generator_config(ckpt), config_dict(self.G)
+        # The flow's control grid and reach hold no weights: a head may warm-start one with another grid.
+        reach = {k: ours[k] for k in ("flow_cell", "max_flow") if k in ours}
+        new_reach = {k: v for k, v in reach.items() if source.get(k) != v}
+        source = {**source, **reach}
         # A flow-only head may warm-start the same head that also paints (anywhere, or in its paint_region).
         paint_keys = {k: ours[k] for k in ("paint", "paint_region", "paint_targets")}
-        adds_paint = {**source, **paint_keys} == ours and source.get("paint") is False
+        adds_paint = {**source, **paint_keys} == ours and source.get("paint") is False and ours.get("paint") is True
         if source != ours and not adds_paint:
             raise ValueError(f"--init-from: {path} holds a different generator ({ckpt['preset']}) than preset {self.preset.name}")
         if "D" in ckpt and ckpt.get("discriminator_config") != config_dict(self.D):
             raise ValueError(f"--init-from: {path} holds a different discriminator than this run's")
+        if new_reach and self.is_main:
+            print(f"--init-from: {path} had another flow grid; this run uses {new_reach}", flush=True)
         if adds_paint and self.is_main:
             print(f"--init-from: {path} is a flow-only warp head; its paint channels start as 'no paint'", flush=True)
         load_generator_weights(self.G, ckpt["G"])
