@@ -353,7 +353,8 @@ def fex_small_believable_reach() -> Preset:
 
     At 1.9 px the flow is pinned at its bound around the mouth for disgust and surprise, and too
     short to flatten a broad smile; 6-px cells keep it fold-free at the longer reach (0.12 < 6/48),
-    and the priors (area, still points, symmetry) keep the rest of the face where it was."""
+    and the priors (area, still points, symmetry) keep the rest of the face where it was. The cells
+    must divide the image size: 48 or 96 px, not 64 or 128."""
     p = fex_small_believable_flow()
     p.name = "fex-small-believable-reach"
     p.description = "fex-small-believable-flow on 6-px cells, at most 2.9 px at 48x48"
