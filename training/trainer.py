@@ -516,7 +516,7 @@ class Trainer:
         ckpt = checkpoint_from_onnx(path) if path.suffix == ".onnx" else load_checkpoint(path)
         source, ours = generator_config(ckpt), config_dict(self.G)
         # The flow's control grid and reach hold no weights: a head may warm-start one with another grid.
-        reach = {k: ours[k] for k in ("flow_cell", "max_flow") if k in ours}
+        reach = {k: ours[k] for k in ("flow_cell", "max_flow")}
         new_reach = {k: v for k, v in reach.items() if source.get(k) != v}
         source = {**source, **reach}
         # A flow-only head may warm-start the same head that also paints (anywhere, or in its paint_region).
