@@ -84,6 +84,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                         "(preset: all may paint; fex-small-believable-surprise: surprise)")
     p.add_argument("--lambda-still", type=float_range(0), metavar="W",
                    help="warp heads: weight of keeping the nose and eye corners still (preset: 2 in fex-small-believable*)")
+    p.add_argument("--teacher", metavar="FILE",
+                   help="a frozen expression classifier (.safetensors or fex train-classifier .pt) whose reading of "
+                        "G's outputs joins G's loss; never the scoring classifier (needs --lambda-teacher)")
+    p.add_argument("--lambda-teacher", type=float_range(0), metavar="W",
+                   help="weight of the teacher's cross-entropy on G's outputs (needs --teacher)")
     p.add_argument("--init-from", metavar="CKPT",
                    help="start from CKPT's G, EMA G and D weights with fresh optimizers and schedule (not --resume); "
                         "an exported .onnx (e.g. fexsdk/models/default.onnx) gives G only, D starts from scratch")
@@ -133,6 +138,7 @@ def _run_train(args: argparse.Namespace) -> int:
         lambda_rec=args.lambda_rec, cls_focal=args.cls_focal, lambda_mean_match=args.lambda_mean_match,
         lambda_paint=args.lambda_paint, lambda_shading=args.lambda_shading, paint_others=args.paint_others,
         lambda_still=args.lambda_still, paint_targets=args.paint_targets, lambda_change_shading=args.lambda_change_shading,
+        teacher=args.teacher, lambda_teacher=args.lambda_teacher,
         init_from=args.init_from, init_discriminator=args.init_discriminator, d_warmup=args.d_warmup, conv_dim=args.conv_dim, n_res=args.n_res,
         image_size=args.image_size, channels=args.channels,
         precision=args.precision, device=args.device, threads=args.threads, seed=args.seed, log_every=args.log_every,
@@ -161,6 +167,8 @@ def _add_train_classifier(sub: argparse._SubParsersAction) -> None:
                    help="auto: bf16 autocast on CPUs with AVX-512 BF16/AMX, else fp32 (bf16 is ~7x slower on AVX2)")
     p.add_argument("--threads", type=POSITIVE, help="torch CPU threads")
     p.add_argument("--seed", type=SEED, default=0, help="seeds initialisation, data order and augmentation")
+    p.add_argument("--width", type=POSITIVE, default=64,
+                   help="channels of the first stage (default 64, ResNet18's; 32 for a faster teacher)")
     p.add_argument("--resume", action="store_true", help="continue exactly from OUT/last.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_train_classifier)
@@ -175,7 +183,7 @@ def _run_train_classifier(args: argparse.Namespace) -> int:
     with run_lock(args.out):
         out = train_classifier(ClassifierTrainConfig(
             data=args.data, out=args.out, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-            precision=args.precision, threads=args.threads, seed=args.seed, resume=args.resume,
+            precision=args.precision, threads=args.threads, seed=args.seed, width=args.width, resume=args.resume,
             progress=not args.no_progress))
     print(f"done: {out}/best.pt (best PublicTest accuracy) and {out}/last.pt")
     return 0

@@ -80,6 +80,9 @@ class LossConfig:
     #: above): moved pixels shade too (a raised brow, a squeezed eye), and the real-photo benchmark's
     #: shading line binds before its still-point line. 0: off.
     lambda_change_shading: float = 0.0
+    #: Weight of a frozen classifier's cross-entropy on G's outputs (``TrainConfig.teacher``; see
+    #: fexsdk.training.teacher). 0: off.
+    lambda_teacher: float = 0.0
 
     def validate(self) -> None:
         if self.perceptual_mode not in ("replace", "add"):
@@ -100,7 +103,7 @@ class LossConfig:
             raise ValueError(f"lambda_mean_match must be >= 0, got {self.lambda_mean_match}")
         priors = {"lambda_area": self.lambda_area, "lambda_still": self.lambda_still, "lambda_symmetry": self.lambda_symmetry,
                   "lambda_paint": self.lambda_paint, "lambda_shading": self.lambda_shading,
-                  "lambda_change_shading": self.lambda_change_shading}
+                  "lambda_change_shading": self.lambda_change_shading, "lambda_teacher": self.lambda_teacher}
         bad = {k: v for k, v in priors.items() if v < 0}
         if self.paint_others < 0:
             bad["paint_others"] = self.paint_others

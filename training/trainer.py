@@ -33,6 +33,7 @@ from fexsdk.training.augment import ClassAugment
 from fexsdk.training.mean_match import ClassMeanMatch, class_means
 from fexsdk.training.models import Discriminator, Generator, config_dict
 from fexsdk.training.presets import LossConfig, get_preset
+from fexsdk.training.teacher import load_teacher, teacher_loss
 
 
 @dataclass
@@ -104,6 +105,10 @@ class TrainConfig:
     lambda_still: Optional[float] = None
     #: Weight of the broad shading of the whole change (None keeps the preset's; see LossConfig).
     lambda_change_shading: Optional[float] = None
+    #: A frozen expression classifier (.safetensors or `fex train-classifier` checkpoint) whose reading of
+    #: G's outputs joins G's loss with weight ``lambda_teacher``; never the scoring classifier.
+    teacher: Optional[str] = None
+    lambda_teacher: Optional[float] = None
     #: Start from the G, EMA G and D weights of this checkpoint (same generator), with fresh optimizers
     #: and schedule: a warm start, unlike ``resume``, which continues a run exactly. An exported ``.onnx``
     #: (the bundled model, say) gives G and EMA G only: D then starts from scratch (see ``d_warmup``).
@@ -159,6 +164,9 @@ class TrainConfig:
             raise ValueError("init_from starts a new run from a checkpoint's weights; resume continues OUT/last.pt: pick one")
         if self.init_discriminator is not None and self.init_from is None:
             raise ValueError("init_discriminator goes with init_from (the generator it was trained against)")
+        if (self.teacher is None) != (self.lambda_teacher is None or self.lambda_teacher == 0):
+            raise ValueError(f"teacher and lambda_teacher go together: a teacher file and a weight > 0, got "
+                             f"teacher={self.teacher!r}, lambda_teacher={self.lambda_teacher}")
         if self.data is None and self.synthetic <= 0:
             raise ValueError("give --data PATH (FER2013 csv, folder or npz) or --synthetic N")
         from fexsdk.training.run_checks import check_run_config
@@ -212,7 +220,7 @@ def git_commit() -> str:
 LOG_KEYS = ("lr", "D/loss_real", "D/loss_fake", "D/loss_cls", "D/loss_cls_fake", "D/loss_gp", "D/loss_r1",
             "G/loss_fake", "G/loss_cls", "G/loss_rec", "G/loss_rec_feat", "G/loss_flow_tv", "G/loss_mask", "G/loss_mask_tv", "G/loss_change_lap",
             "G/loss_mean_match", "G/loss_area", "G/loss_still", "G/loss_symmetry", "G/loss_paint", "G/loss_shading",
-            "G/loss_change_shading")
+            "G/loss_change_shading", "G/loss_teacher")
 
 
 def load_generator_weights(G: Generator, state: dict[str, torch.Tensor]) -> None:
@@ -366,11 +374,15 @@ class Trainer:
             self.loss_cfg.cls_focal = cfg.cls_focal
         if cfg.lambda_mean_match is not None:
             self.loss_cfg.lambda_mean_match = cfg.lambda_mean_match
-        for name in ("lambda_paint", "lambda_shading", "paint_others", "lambda_still", "lambda_change_shading"):
+        for name in ("lambda_paint", "lambda_shading", "paint_others", "lambda_still", "lambda_change_shading",
+                     "lambda_teacher"):
             if getattr(cfg, name) is not None:
                 setattr(self.loss_cfg, name, getattr(cfg, name))
         self.loss_cfg.validate()
         self.cls_augment = ClassAugment(max_blur=self.loss_cfg.cls_blur) if self.loss_cfg.cls_augment else None
+        self.teacher = None
+        if cfg.teacher:
+            self.teacher = load_teacher(cfg.teacher, cfg.image_size, cfg.channels).to(self.device)
         self.n_critic = cfg.n_critic or preset.n_critic
         self._prior_maps = priors.prior_maps(preset.generator.image_size)
 
@@ -655,6 +667,10 @@ class Trainer:
                     _, cls = self.D(self.cls_augment(x_fake))
                 g_fake = -src.float().mean() if wgan else F.softplus(-src.float()).mean()
                 g_cls = focal_cross_entropy(cls.float()[:, cls_slice], lab_trg, lc.cls_focal)
+                if self.teacher is not None:
+                    g_teacher = teacher_loss(self.teacher, x_fake, lab_trg)
+                    warp_terms = warp_terms + lc.lambda_teacher * g_teacher
+                    logs["G/loss_teacher"] = g_teacher.item()
                 x_rec = self.G(x_fake, c_org)
                 g_rec = (x_real - x_rec.float()).abs().mean()
                 g_feat = torch.zeros((), device=dev)
