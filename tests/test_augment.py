@@ -350,3 +350,12 @@ def test_init_discriminator_restores_a_saved_d_beside_an_onnx_generator(tmp_path
         load_discriminator(tmp_path / "other.safetensors")
     with pytest.raises(ValueError, match="holds no discriminator"):
         save_discriminator({"G": {}}, tmp_path / "x.safetensors")
+
+
+def test_turning_the_class_augmentation_off_turns_its_blur_off_too(tmp_path):
+    run = Trainer(TrainConfig(preset="fex-small-believable-flow", synthetic=16, out=str(tmp_path / "run"),
+                              batch_size=4, max_steps=1, progress=False, threads=1, cls_augment=False))
+    assert run.cls_augment is None and run.loss_cfg.cls_blur == 0.0
+    with pytest.raises(ValueError, match="needs cls_augment"):
+        Trainer(TrainConfig(preset="fex-small-believable-flow", synthetic=16, out=str(tmp_path / "b"),
+                            batch_size=4, max_steps=1, progress=False, threads=1, cls_augment=False, cls_blur=1.0))

@@ -72,3 +72,4 @@ def test_a_run_with_a_teacher_logs_its_loss_and_leaves_it_unchanged(tmp_path):
     assert values and all(v > 0 for v in values)
     assert all(torch.equal(before[k], v) for k, v in run.teacher.state_dict().items())
     assert not run.teacher.training
+

@@ -362,6 +362,8 @@ class Trainer:
             self.loss_cfg.adversarial = cfg.adversarial
         if cfg.cls_augment is not None:
             self.loss_cfg.cls_augment = cfg.cls_augment
+            if not cfg.cls_augment and cfg.cls_blur is None:
+                self.loss_cfg.cls_blur = 0.0  # the blur is part of the augmentation: off with it
         if cfg.cls_blur is not None:
             self.loss_cfg.cls_blur = cfg.cls_blur
         if cfg.lambda_change_lap is not None:
