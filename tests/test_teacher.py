@@ -73,3 +73,10 @@ def test_a_run_with_a_teacher_logs_its_loss_and_leaves_it_unchanged(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in run.teacher.state_dict().items())
     assert not run.teacher.training
 
+
+
+def test_a_negative_teacher_weight_is_refused():
+    from fexsdk.training.presets import LossConfig
+
+    with pytest.raises(ValueError, match="lambda_teacher must be >= 0, got -1"):
+        LossConfig(lambda_teacher=-1.0).validate()

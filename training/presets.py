@@ -101,9 +101,11 @@ class LossConfig:
             raise ValueError(f"cls_focal must be >= 0, got {self.cls_focal}")
         if self.lambda_mean_match < 0:
             raise ValueError(f"lambda_mean_match must be >= 0, got {self.lambda_mean_match}")
+        if self.lambda_teacher < 0:
+            raise ValueError(f"lambda_teacher must be >= 0, got {self.lambda_teacher}")
         priors = {"lambda_area": self.lambda_area, "lambda_still": self.lambda_still, "lambda_symmetry": self.lambda_symmetry,
                   "lambda_paint": self.lambda_paint, "lambda_shading": self.lambda_shading,
-                  "lambda_change_shading": self.lambda_change_shading, "lambda_teacher": self.lambda_teacher}
+                  "lambda_change_shading": self.lambda_change_shading}
         bad = {k: v for k, v in priors.items() if v < 0}
         if self.paint_others < 0:
             bad["paint_others"] = self.paint_others
