@@ -47,6 +47,15 @@ def test_lr_really_decays():
     assert values[-1] <= 1 / 500 + 1e-9  # reaches ~0 by the last step
 
 
+def test_time_schedule_still_decays_when_the_steps_run_out_first(tmp_path):
+    # A 10-step run with an hour's time limit ends by its steps long before the clock's decay would start:
+    # the rate must still be near 0 at the last step (it stayed at the full rate before).
+    t = Trainer(_cfg(tmp_path, max_steps=10, decay_start=0.5, time_limit_min=60.0, time_schedule=True))
+    t.fit()
+    assert t.opt_g.param_groups[0]["lr"] < 0.25 * t.cfg.lr_g
+    assert t.opt_d.param_groups[0]["lr"] < 0.25 * t.cfg.lr_d
+
+
 def test_lr_is_applied_to_optimizers(tmp_path):
     t = Trainer(_cfg(tmp_path, max_steps=10, decay_start=0.0))
     t.fit()

@@ -114,7 +114,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
                    help="stop cleanly after MIN minutes with a checkpoint; rerun with --resume to go on")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs still written)")
     p.add_argument("--time-schedule", action="store_true",
-                   help="with --time-limit: decay the learning rate over the time limit, not the steps (leased GPU runs)")
+                   help="with --time-limit: decay the learning rate to 0 at the time limit, or at the last step if "
+                        "that comes first (leased GPU runs)")
     p.set_defaults(func=_run_train)
 
 

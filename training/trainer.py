@@ -183,7 +183,10 @@ def lr_factor(step: int, total: int, decay_start: float) -> float:
 
 
 def lr_factor_by_time(elapsed: float, limit: float, decay_start: float) -> float:
-    """The same schedule over wall-clock time: constant, then linear to 0 at the time limit."""
+    """The same schedule over wall-clock time: constant, then linear to 0 at the time limit.
+
+    A run with ``time_schedule`` follows the lower of this and :func:`lr_factor` over its steps, so the
+    rate reaches 0 at the time limit or at the last step, whichever comes first."""
     return lr_factor(int(1e6 * min(elapsed, limit) / limit), int(1e6), decay_start)
 
 
@@ -593,7 +596,10 @@ class Trainer:
         x_real, lab_org, lab_trg = x_real.to(dev), lab_org.to(dev), lab_trg.to(dev)
         cls_slice = slice(d * NUM_EMOTIONS, (d + 1) * NUM_EMOTIONS)
         if cfg.time_schedule:
-            factor = lr_factor_by_time(time.monotonic() - self._t_start, 60 * cfg.time_limit_min, cfg.decay_start)
+            # Whichever end comes first: a run that reaches its last step before the time limit (a faster
+            # machine than planned for) must still have decayed to 0 there, not stop at the full rate.
+            factor = min(lr_factor_by_time(time.monotonic() - self._t_start, 60 * cfg.time_limit_min, cfg.decay_start),
+                         lr_factor(self.step, self.total_steps, cfg.decay_start))
         else:
             factor = lr_factor(self.step, self.total_steps, cfg.decay_start)
         for group in self.opt_g.param_groups:
