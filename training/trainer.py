@@ -595,13 +595,12 @@ class Trainer:
         c_trg = domain_label(lab_trg, d, self.n_domains).to(dev)
         x_real, lab_org, lab_trg = x_real.to(dev), lab_org.to(dev), lab_trg.to(dev)
         cls_slice = slice(d * NUM_EMOTIONS, (d + 1) * NUM_EMOTIONS)
+        factor = lr_factor(self.step, self.total_steps, cfg.decay_start)
         if cfg.time_schedule:
             # Whichever end comes first: a run that reaches its last step before the time limit (a faster
             # machine than planned for) must still have decayed to 0 there, not stop at the full rate.
-            factor = min(lr_factor_by_time(time.monotonic() - self._t_start, 60 * cfg.time_limit_min, cfg.decay_start),
-                         lr_factor(self.step, self.total_steps, cfg.decay_start))
-        else:
-            factor = lr_factor(self.step, self.total_steps, cfg.decay_start)
+            factor = min(factor, lr_factor_by_time(time.monotonic() - self._t_start, 60 * cfg.time_limit_min,
+                                                   cfg.decay_start))
         for group in self.opt_g.param_groups:
             group["lr"] = cfg.lr_g * factor
         for group in self.opt_d.param_groups:
